@@ -1,0 +1,19 @@
+//! The write model of the account service: pure aggregates, their commands, events and errors.
+//!
+//! - [`user`]: the `User` aggregate, one stream per account (registration, activation, profile,
+//!   password). Its stream stays short: logins do not land here.
+//! - [`session`]: the `Session` aggregate, one short stream per login (refresh-token chain).
+//! - [`values`]: value types that cannot hold invalid input (`Username`, `Email`).
+//!
+//! Aggregates do no IO: the caller hashes passwords, checks HMACs, reads the clock and makes ids,
+//! and passes the facts in the command. `apply` never fails.
+
+pub mod session;
+pub mod user;
+pub mod values;
+
+pub use session::{Session, SessionCommand, SessionError, SessionEvent};
+pub use user::{User, UserCommand, UserError, UserEvent};
+
+/// The version string every event currently carries; a change of shape bumps it and adds an upcaster.
+pub const EVENT_VERSION: &str = "1.0";

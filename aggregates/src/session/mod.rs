@@ -1,0 +1,229 @@
+//! The `Session` aggregate: one short stream per login, holding its refresh-token chain.
+//!
+//! A refresh token names its session and a generation. Each refresh spends the current generation
+//! and moves to the next. Presenting the generation just spent again is answered again within a
+//! short grace (a client that lost the response); any other spent generation revokes the chain.
+
+#[cfg(test)]
+mod tests;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionCommand {
+    Start {
+        session_id: Uuid,
+        user_id: Uuid,
+        /// The user's token epoch at login; the chain dies when it moves on.
+        token_epoch: u32,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    },
+    Refresh {
+        generation: u32,
+        /// The user's current token epoch, read by the caller.
+        current_epoch: u32,
+        ttl: Duration,
+        grace: Duration,
+        now: DateTime<Utc>,
+    },
+    Logout {
+        now: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationReason {
+    /// A spent refresh token was presented again: it may have been stolen.
+    RefreshTokenReuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    Started {
+        session_id: Uuid,
+        user_id: Uuid,
+        token_epoch: u32,
+        expires_at: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    },
+    Refreshed {
+        user_id: Uuid,
+        generation: u32,
+        expires_at: DateTime<Utc>,
+        refreshed_at: DateTime<Utc>,
+    },
+    LoggedOut {
+        user_id: Uuid,
+        logged_out_at: DateTime<Utc>,
+    },
+    Revoked {
+        user_id: Uuid,
+        reason: RevocationReason,
+        revoked_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            SessionEvent::Started { .. } => "Started",
+            SessionEvent::Refreshed { .. } => "Refreshed",
+            SessionEvent::LoggedOut { .. } => "LoggedOut",
+            SessionEvent::Revoked { .. } => "Revoked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        crate::EVENT_VERSION.to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session already started")]
+    AlreadyStarted,
+    /// Unknown, expired, logged out, revoked, or outdated by a password change.
+    #[error("refresh token is not valid")]
+    InvalidToken,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: Option<Uuid>,
+    pub token_epoch: u32,
+    /// The generation of the one live refresh token.
+    pub generation: u32,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub ended: bool,
+}
+
+impl Session {
+    /// Whether a token of `generation` is the live one (or the grace retry of it) right now.
+    pub fn is_live(&self) -> bool {
+        self.user_id.is_some() && !self.ended
+    }
+
+    pub fn decide(&self, command: SessionCommand) -> Result<Vec<SessionEvent>, SessionError> {
+        match command {
+            SessionCommand::Start {
+                session_id,
+                user_id,
+                token_epoch,
+                ttl,
+                now,
+            } => {
+                if self.user_id.is_some() {
+                    return Err(SessionError::AlreadyStarted);
+                }
+                Ok(vec![SessionEvent::Started {
+                    session_id,
+                    user_id,
+                    token_epoch,
+                    expires_at: now + ttl,
+                    started_at: now,
+                }])
+            }
+            SessionCommand::Refresh {
+                generation,
+                current_epoch,
+                ttl,
+                grace,
+                now,
+            } => {
+                let user_id = self.user_id.ok_or(SessionError::InvalidToken)?;
+                let expired = self.expires_at.is_none_or(|at| now >= at);
+                if self.ended || expired || current_epoch != self.token_epoch {
+                    return Err(SessionError::InvalidToken);
+                }
+                if generation == self.generation {
+                    return Ok(vec![SessionEvent::Refreshed {
+                        user_id,
+                        generation: self.generation + 1,
+                        expires_at: now + ttl,
+                        refreshed_at: now,
+                    }]);
+                }
+                let just_spent = generation + 1 == self.generation
+                    && self
+                        .last_refreshed_at
+                        .is_some_and(|at| now - at <= grace);
+                if just_spent {
+                    // The caller answers again with the live generation; nothing changes.
+                    return Ok(vec![]);
+                }
+                if generation < self.generation {
+                    return Ok(vec![SessionEvent::Revoked {
+                        user_id,
+                        reason: RevocationReason::RefreshTokenReuse,
+                        revoked_at: now,
+                    }]);
+                }
+                Err(SessionError::InvalidToken)
+            }
+            SessionCommand::Logout { now } => {
+                let user_id = self.user_id.ok_or(SessionError::InvalidToken)?;
+                if self.ended {
+                    return Ok(vec![]);
+                }
+                Ok(vec![SessionEvent::LoggedOut {
+                    user_id,
+                    logged_out_at: now,
+                }])
+            }
+        }
+    }
+}
+
+impl Aggregate for Session {
+    const TYPE: &'static str = "Session";
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = SessionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: SessionCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), SessionError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Started {
+                user_id,
+                token_epoch,
+                expires_at,
+                ..
+            } => {
+                self.user_id = Some(user_id);
+                self.token_epoch = token_epoch;
+                self.expires_at = Some(expires_at);
+            }
+            SessionEvent::Refreshed {
+                generation,
+                expires_at,
+                refreshed_at,
+                ..
+            } => {
+                self.generation = generation;
+                self.expires_at = Some(expires_at);
+                self.last_refreshed_at = Some(refreshed_at);
+            }
+            SessionEvent::LoggedOut { .. } | SessionEvent::Revoked { .. } => self.ended = true,
+        }
+    }
+}

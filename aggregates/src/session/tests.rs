@@ -1,0 +1,159 @@
+//! Given/when/then tests of the `Session` aggregate: rotation, grace retry, reuse, logout.
+
+use super::*;
+use chrono::TimeZone;
+use cqrs_es::test::TestFramework;
+
+type SessionTest = TestFramework<Session>;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn user() -> Uuid {
+    Uuid::from_u128(1)
+}
+
+fn started() -> SessionEvent {
+    SessionEvent::Started {
+        session_id: Uuid::from_u128(7),
+        user_id: user(),
+        token_epoch: 0,
+        expires_at: t0() + Duration::days(7),
+        started_at: t0(),
+    }
+}
+
+fn refreshed(generation: u32, at: DateTime<Utc>) -> SessionEvent {
+    SessionEvent::Refreshed {
+        user_id: user(),
+        generation,
+        expires_at: at + Duration::days(7),
+        refreshed_at: at,
+    }
+}
+
+fn refresh(generation: u32, epoch: u32, at: DateTime<Utc>) -> SessionCommand {
+    SessionCommand::Refresh {
+        generation,
+        current_epoch: epoch,
+        ttl: Duration::days(7),
+        grace: Duration::seconds(30),
+        now: at,
+    }
+}
+
+#[test]
+fn login_starts_a_session() {
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(SessionCommand::Start {
+            session_id: Uuid::from_u128(7),
+            user_id: user(),
+            token_epoch: 0,
+            ttl: Duration::days(7),
+            now: t0(),
+        })
+        .then_expect_events(vec![started()]);
+    SessionTest::with(())
+        .given(vec![started()])
+        .when(SessionCommand::Start {
+            session_id: Uuid::from_u128(7),
+            user_id: user(),
+            token_epoch: 0,
+            ttl: Duration::days(7),
+            now: t0(),
+        })
+        .then_expect_error(SessionError::AlreadyStarted);
+}
+
+#[test]
+fn refreshing_the_live_token_rotates_it() {
+    SessionTest::with(())
+        .given(vec![started()])
+        .when(refresh(0, 0, t0()))
+        .then_expect_events(vec![refreshed(1, t0())]);
+}
+
+#[test]
+fn an_immediate_retry_of_the_last_rotation_changes_nothing() {
+    SessionTest::with(())
+        .given(vec![started(), refreshed(1, t0())])
+        .when(refresh(0, 0, t0() + Duration::seconds(30)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn reuse_of_a_spent_token_revokes_the_chain() {
+    let late = t0() + Duration::seconds(31);
+    SessionTest::with(())
+        .given(vec![started(), refreshed(1, t0())])
+        .when(refresh(0, 0, late))
+        .then_expect_events(vec![SessionEvent::Revoked {
+            user_id: user(),
+            reason: RevocationReason::RefreshTokenReuse,
+            revoked_at: late,
+        }]);
+    SessionTest::with(())
+        .given(vec![started(), refreshed(1, t0()), refreshed(2, t0())])
+        .when(refresh(0, 0, t0()))
+        .then_expect_events(vec![SessionEvent::Revoked {
+            user_id: user(),
+            reason: RevocationReason::RefreshTokenReuse,
+            revoked_at: t0(),
+        }]);
+}
+
+#[test]
+fn dead_sessions_refuse_every_refresh() {
+    let revoked = SessionEvent::Revoked {
+        user_id: user(),
+        reason: RevocationReason::RefreshTokenReuse,
+        revoked_at: t0(),
+    };
+    let logged_out = SessionEvent::LoggedOut {
+        user_id: user(),
+        logged_out_at: t0(),
+    };
+    let cases = [
+        (vec![], refresh(0, 0, t0())),
+        (vec![started(), revoked], refresh(1, 0, t0())),
+        (vec![started(), logged_out], refresh(0, 0, t0())),
+        (vec![started()], refresh(0, 0, t0() + Duration::days(7))),
+        (vec![started()], refresh(0, 1, t0())),
+        (vec![started()], refresh(5, 0, t0())),
+    ];
+    for (given, command) in cases {
+        SessionTest::with(())
+            .given(given)
+            .when(command)
+            .then_expect_error(SessionError::InvalidToken);
+    }
+}
+
+#[test]
+fn logout_ends_the_session_once() {
+    SessionTest::with(())
+        .given(vec![started()])
+        .when(SessionCommand::Logout { now: t0() })
+        .then_expect_events(vec![SessionEvent::LoggedOut {
+            user_id: user(),
+            logged_out_at: t0(),
+        }]);
+    SessionTest::with(())
+        .given(vec![
+            started(),
+            SessionEvent::LoggedOut {
+                user_id: user(),
+                logged_out_at: t0(),
+            },
+        ])
+        .when(SessionCommand::Logout { now: t0() })
+        .then_expect_events(vec![]);
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(SessionCommand::Logout { now: t0() })
+        .then_expect_error(SessionError::InvalidToken);
+}

@@ -1,0 +1,14 @@
+/// Why the `User` aggregate refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("this account is already registered")]
+    AlreadyRegistered,
+    #[error("no such account")]
+    NotFound,
+    #[error("this account is already active")]
+    AlreadyActive,
+    #[error("activation link is invalid or expired")]
+    InvalidActivationLink,
+    #[error("reset link is invalid or expired")]
+    InvalidResetLink,
+}

@@ -1,0 +1,91 @@
+use super::commands::ProfileChanges;
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How an account became active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationMethod {
+    /// The activation link was used.
+    Link,
+    /// A password reset by e-mailed link proved ownership of the address.
+    PasswordReset,
+}
+
+/// Facts about one account. No event ever holds a password, a hash or a usable token: links are
+/// identified by `request_id` and their tokens are an HMAC of it with a server key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    Registered {
+        user_id: Uuid,
+        username: String,
+        email: String,
+        credential_id: Uuid,
+        registered_at: DateTime<Utc>,
+    },
+    ActivationLinkIssued {
+        request_id: Uuid,
+        email: String,
+        username: String,
+        base_url: String,
+        expires_at: DateTime<Utc>,
+        issued_at: DateTime<Utc>,
+    },
+    Activated {
+        method: ActivationMethod,
+        activated_at: DateTime<Utc>,
+    },
+    /// Someone tried to register the owner's address again; the owner is told by mail.
+    DuplicateRegistrationAttempted {
+        email: String,
+        username: String,
+        attempted_at: DateTime<Utc>,
+    },
+    ProfileUpdated {
+        changes: ProfileChanges,
+        updated_at: DateTime<Utc>,
+    },
+    PasswordChanged {
+        credential_id: Uuid,
+        email: String,
+        username: String,
+        changed_at: DateTime<Utc>,
+    },
+    PasswordResetRequested {
+        request_id: Uuid,
+        email: String,
+        username: String,
+        base_url: String,
+        expires_at: DateTime<Utc>,
+        requested_at: DateTime<Utc>,
+    },
+    PasswordReset {
+        request_id: Uuid,
+        credential_id: Uuid,
+        email: String,
+        username: String,
+        reset_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            UserEvent::Registered { .. } => "Registered",
+            UserEvent::ActivationLinkIssued { .. } => "ActivationLinkIssued",
+            UserEvent::Activated { .. } => "Activated",
+            UserEvent::DuplicateRegistrationAttempted { .. } => "DuplicateRegistrationAttempted",
+            UserEvent::ProfileUpdated { .. } => "ProfileUpdated",
+            UserEvent::PasswordChanged { .. } => "PasswordChanged",
+            UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
+            UserEvent::PasswordReset { .. } => "PasswordReset",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        crate::EVENT_VERSION.to_owned()
+    }
+}

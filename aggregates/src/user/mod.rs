@@ -1,0 +1,280 @@
+//! The `User` aggregate: one stream per account.
+
+mod commands;
+mod error;
+mod events;
+#[cfg(test)]
+mod tests;
+
+pub use commands::{LinkIssue, ProfileChanges, UserCommand};
+pub use error::UserError;
+pub use events::{ActivationMethod, UserEvent};
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How often an owner is told that someone tried to register with their address. More attempts in
+/// this window change nothing, so the endpoint cannot be used to flood a mailbox.
+pub const DUPLICATE_NOTICE_INTERVAL: Duration = Duration::minutes(10);
+
+/// An e-mailed link that is still pending: its request id is what its token is derived from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingLink {
+    pub request_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PendingLink {
+    fn accepts(&self, request_id: Uuid, now: DateTime<Utc>) -> bool {
+        self.request_id == request_id && now < self.expires_at
+    }
+}
+
+/// The five free-text profile fields; `""` when unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub country: String,
+    pub profession: String,
+    pub bio: String,
+    pub thoughts: String,
+    pub profile_img: String,
+}
+
+/// The state of one account, folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Option<Uuid>,
+    pub username: String,
+    pub email: String,
+    pub is_active: bool,
+    /// Names the live password hash in the credential store.
+    pub credential_id: Option<Uuid>,
+    /// Bumped by every password change or reset; tokens issued under an older epoch are dead.
+    pub token_epoch: u32,
+    pub activation: Option<PendingLink>,
+    pub reset: Option<PendingLink>,
+    pub last_duplicate_notice_at: Option<DateTime<Utc>>,
+    pub profile: Profile,
+}
+
+impl User {
+    pub fn is_registered(&self) -> bool {
+        self.id.is_some()
+    }
+
+    fn registered(&self) -> Result<Uuid, UserError> {
+        self.id.ok_or(UserError::NotFound)
+    }
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "User";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: UserCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: UserEvent) {
+        match event {
+            UserEvent::Registered {
+                user_id,
+                username,
+                email,
+                credential_id,
+                ..
+            } => {
+                self.id = Some(user_id);
+                self.username = username;
+                self.email = email;
+                self.credential_id = Some(credential_id);
+            }
+            UserEvent::ActivationLinkIssued {
+                request_id,
+                expires_at,
+                ..
+            } => {
+                self.activation = Some(PendingLink {
+                    request_id,
+                    expires_at,
+                })
+            }
+            UserEvent::Activated { .. } => {
+                self.is_active = true;
+                self.activation = None;
+            }
+            UserEvent::DuplicateRegistrationAttempted { attempted_at, .. } => {
+                self.last_duplicate_notice_at = Some(attempted_at)
+            }
+            UserEvent::ProfileUpdated { changes, .. } => changes.apply_to(&mut self.profile),
+            UserEvent::PasswordChanged { credential_id, .. } => {
+                self.credential_id = Some(credential_id);
+                self.token_epoch += 1;
+                self.reset = None;
+            }
+            UserEvent::PasswordResetRequested {
+                request_id,
+                expires_at,
+                ..
+            } => {
+                self.reset = Some(PendingLink {
+                    request_id,
+                    expires_at,
+                })
+            }
+            UserEvent::PasswordReset { credential_id, .. } => {
+                self.credential_id = Some(credential_id);
+                self.token_epoch += 1;
+                self.reset = None;
+            }
+        }
+    }
+}
+
+impl User {
+    /// Decides which events a command produces, without touching state.
+    pub fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        match command {
+            UserCommand::Register {
+                user_id,
+                username,
+                email,
+                credential_id,
+                activation,
+                now,
+            } => {
+                if self.is_registered() {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                Ok(vec![
+                    UserEvent::Registered {
+                        user_id,
+                        username: username.as_str().to_owned(),
+                        email: email.as_str().to_owned(),
+                        credential_id,
+                        registered_at: now,
+                    },
+                    UserEvent::ActivationLinkIssued {
+                        request_id: activation.request_id,
+                        email: email.as_str().to_owned(),
+                        username: username.as_str().to_owned(),
+                        base_url: activation.base_url,
+                        expires_at: now + activation.ttl,
+                        issued_at: now,
+                    },
+                ])
+            }
+            UserCommand::IssueActivationLink { link, now } => {
+                self.registered()?;
+                if self.is_active {
+                    return Err(UserError::AlreadyActive);
+                }
+                Ok(vec![UserEvent::ActivationLinkIssued {
+                    request_id: link.request_id,
+                    email: self.email.clone(),
+                    username: self.username.clone(),
+                    base_url: link.base_url,
+                    expires_at: now + link.ttl,
+                    issued_at: now,
+                }])
+            }
+            UserCommand::Activate { request_id, now } => {
+                self.registered()?;
+                match &self.activation {
+                    Some(link) if !self.is_active && link.accepts(request_id, now) => {
+                        Ok(vec![UserEvent::Activated {
+                            method: ActivationMethod::Link,
+                            activated_at: now,
+                        }])
+                    }
+                    _ => Err(UserError::InvalidActivationLink),
+                }
+            }
+            UserCommand::NoteDuplicateRegistration { now } => {
+                self.registered()?;
+                let recent = self
+                    .last_duplicate_notice_at
+                    .is_some_and(|at| now - at < DUPLICATE_NOTICE_INTERVAL);
+                if recent {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::DuplicateRegistrationAttempted {
+                    email: self.email.clone(),
+                    username: self.username.clone(),
+                    attempted_at: now,
+                }])
+            }
+            UserCommand::UpdateProfile { changes, now } => {
+                self.registered()?;
+                let changes = changes.without_noops(&self.profile);
+                if changes.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::ProfileUpdated {
+                    changes,
+                    updated_at: now,
+                }])
+            }
+            UserCommand::ChangePassword { credential_id, now } => {
+                self.registered()?;
+                Ok(vec![UserEvent::PasswordChanged {
+                    credential_id,
+                    email: self.email.clone(),
+                    username: self.username.clone(),
+                    changed_at: now,
+                }])
+            }
+            UserCommand::RequestPasswordReset { link, now } => {
+                self.registered()?;
+                Ok(vec![UserEvent::PasswordResetRequested {
+                    request_id: link.request_id,
+                    email: self.email.clone(),
+                    username: self.username.clone(),
+                    base_url: link.base_url,
+                    expires_at: now + link.ttl,
+                    requested_at: now,
+                }])
+            }
+            UserCommand::ResetPassword {
+                request_id,
+                credential_id,
+                now,
+            } => {
+                self.registered()?;
+                match &self.reset {
+                    Some(link) if link.accepts(request_id, now) => {
+                        let mut events = vec![UserEvent::PasswordReset {
+                            request_id,
+                            credential_id,
+                            email: self.email.clone(),
+                            username: self.username.clone(),
+                            reset_at: now,
+                        }];
+                        if !self.is_active {
+                            events.push(UserEvent::Activated {
+                                method: ActivationMethod::PasswordReset,
+                                activated_at: now,
+                            });
+                        }
+                        Ok(events)
+                    }
+                    _ => Err(UserError::InvalidResetLink),
+                }
+            }
+        }
+    }
+}
