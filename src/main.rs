@@ -1,1 +1,69 @@
-fn main(){}
+//! The one binary: `serve` runs every role in one process; `api`, `worker` and `migrate` run one.
+
+use accounts::{startup, telemetry, Application, Roles, Settings};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "accounts", version, about = "Event-sourced account and authentication service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: API, relay, projectors and mailer.
+    Serve(Settings),
+    /// Run the HTTP API only.
+    Api(Settings),
+    /// Run the relay, the projectors and the mailer, without the API.
+    Worker(Settings),
+    /// Create the database if missing, apply the migrations, and exit.
+    Migrate(Settings),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (settings, roles) = match cli.command {
+        Command::Serve(s) => (s, Some(Roles::ALL)),
+        Command::Api(s) => (s, Some(Roles::API)),
+        Command::Worker(s) => (s, Some(Roles::WORKER)),
+        Command::Migrate(s) => (s, None),
+    };
+    telemetry::init(settings.log_format);
+    let Some(roles) = roles else {
+        startup::prepare_database(&settings).await?;
+        tracing::info!("database is migrated");
+        return Ok(());
+    };
+    let app = Application::build(settings, roles).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

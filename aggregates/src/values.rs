@@ -106,3 +106,9 @@ mod tests {
         assert!(Email::parse(&long).is_err());
     }
 }
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}

@@ -1,0 +1,26 @@
+//! Read models, derived from the event store and rebuildable from it.
+//!
+//! - [`reader`]: the checkpointed reader of ARCHITECTURE.md §6 (`StoredEvent`, checkpoints).
+//! - [`runner`]: the [`Projector`] trait and the loop that drives one projector.
+//! - [`profile`]: the profile read model (also what token checks read).
+//! - [`history`]: the user-history read model.
+//!
+//! A projector writes its rows and its checkpoint in one transaction, so it resumes exactly where
+//! it stopped after a crash, and any process may run a catch-up at any time: the checkpoint row
+//! lock serialises them.
+
+pub mod history;
+pub mod profile;
+pub mod reader;
+pub mod runner;
+
+pub use reader::{Checkpoint, StoredEvent};
+pub use runner::{catch_up, run, Projector};
+
+/// Every projector this crate provides, in a stable order.
+pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
+    vec![
+        std::sync::Arc::new(profile::ProfileProjector),
+        std::sync::Arc::new(history::HistoryProjector),
+    ]
+}

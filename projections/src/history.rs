@@ -1,0 +1,134 @@
+//! The user-history read model: what happened to an account, with where it came from.
+
+use crate::reader::StoredEvent;
+use crate::runner::Projector;
+use aggregates::session::SessionEvent;
+use aggregates::user::UserEvent;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{FromRow, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub const NAME: &str = "history";
+
+/// One entry of a user's history. `details` never holds a password, hash or token.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct HistoryEntry {
+    #[serde(skip)]
+    pub position: i64,
+    pub event: String,
+    pub occurred_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Value,
+}
+
+/// The newest entries of a user's history older than `before` (a position), newest first.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<HistoryEntry>> {
+    sqlx::query_as(
+        "select position, event, occurred_at, ip, user_agent, details
+           from user_history
+          where user_id = $1 and position < coalesce($2, 9223372036854775807)
+          order by position desc
+          limit $3",
+    )
+    .bind(user_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+pub struct HistoryProjector;
+
+/// The history entry an event makes, if any: `(user, event name, occurred_at, details)`.
+fn entry(event: &StoredEvent) -> anyhow::Result<Option<(Uuid, &'static str, DateTime<Utc>, Value)>> {
+    Ok(match event.aggregate_type.as_str() {
+        "User" => {
+            let user_id: Uuid = event.aggregate_id.parse()?;
+            let (name, at, details) = match event.decode::<UserEvent>()? {
+                UserEvent::Registered { registered_at, username, email, .. } => {
+                    ("registered", registered_at, json!({"username": username, "email": email}))
+                }
+                UserEvent::ActivationLinkIssued { issued_at, expires_at, .. } => {
+                    ("activation_link_sent", issued_at, json!({"expires_at": expires_at}))
+                }
+                UserEvent::Activated { activated_at, method } => {
+                    ("activated", activated_at, json!({"method": method}))
+                }
+                UserEvent::ProfileUpdated { updated_at, changes } => {
+                    let fields: Vec<String> = serde_json::to_value(&changes)?
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect())
+                        .unwrap_or_default();
+                    ("profile_updated", updated_at, json!({"fields": fields}))
+                }
+                UserEvent::PasswordChanged { changed_at, .. } => {
+                    ("password_changed", changed_at, json!({}))
+                }
+                UserEvent::PasswordResetRequested { requested_at, expires_at, .. } => {
+                    ("password_reset_requested", requested_at, json!({"expires_at": expires_at}))
+                }
+                UserEvent::PasswordReset { reset_at, .. } => ("password_reset", reset_at, json!({})),
+                UserEvent::DuplicateRegistrationAttempted { .. } => return Ok(None),
+            };
+            Some((user_id, name, at, details))
+        }
+        "Session" => {
+            let session_id = event.aggregate_id.clone();
+            let (user_id, name, at, details) = match event.decode::<SessionEvent>()? {
+                SessionEvent::Started { user_id, started_at, .. } => {
+                    (user_id, "logged_in", started_at, json!({"session_id": session_id}))
+                }
+                SessionEvent::Refreshed { user_id, refreshed_at, .. } => {
+                    (user_id, "token_refreshed", refreshed_at, json!({"session_id": session_id}))
+                }
+                SessionEvent::LoggedOut { user_id, logged_out_at } => {
+                    (user_id, "logged_out", logged_out_at, json!({"session_id": session_id}))
+                }
+                SessionEvent::Revoked { user_id, revoked_at, reason } => (
+                    user_id,
+                    "sessions_revoked",
+                    revoked_at,
+                    json!({"session_id": session_id, "reason": reason}),
+                ),
+            };
+            Some((user_id, name, at, details))
+        }
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Projector for HistoryProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        let Some((user_id, name, occurred_at, details)) = entry(event)? else {
+            return Ok(());
+        };
+        sqlx::query(
+            "insert into user_history (user_id, position, event, occurred_at, ip, user_agent, details)
+             values ($1, $2, $3, $4, $5, $6, $7) on conflict (position) do nothing",
+        )
+        .bind(user_id)
+        .bind(event.global_position)
+        .bind(name)
+        .bind(occurred_at)
+        .bind(event.meta("ip"))
+        .bind(event.meta("user_agent"))
+        .bind(details)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}

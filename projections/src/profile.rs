@@ -1,0 +1,139 @@
+//! The profile read model: one row per account, what the profile, dashboard and token checks read.
+
+use crate::reader::StoredEvent;
+use crate::runner::Projector;
+use aggregates::session::SessionEvent;
+use aggregates::user::UserEvent;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub const NAME: &str = "profile";
+
+/// A row of the `profile` table.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct ProfileRow {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub is_active: bool,
+    pub date_joined: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub country: String,
+    pub profession: String,
+    pub bio: String,
+    pub thoughts: String,
+    pub profile_img: String,
+    pub token_epoch: i32,
+    pub version: i64,
+}
+
+pub async fn find(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Option<ProfileRow>> {
+    sqlx::query_as(
+        "select user_id, username, email, is_active, date_joined, last_login, country, profession,
+                bio, thoughts, profile_img, token_epoch, version
+           from profile where user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
+pub struct ProfileProjector;
+
+#[async_trait]
+impl Projector for ProfileProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        match event.aggregate_type.as_str() {
+            "User" => apply_user(conn, event).await,
+            "Session" => apply_session(conn, event).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn apply_user(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+    let user_id: Uuid = event.aggregate_id.parse()?;
+    match event.decode::<UserEvent>()? {
+        UserEvent::Registered {
+            username,
+            email,
+            registered_at,
+            ..
+        } => {
+            sqlx::query(
+                "insert into profile (user_id, username, email, date_joined, version)
+                 values ($1, $2, $3, $4, $5) on conflict (user_id) do nothing",
+            )
+            .bind(user_id)
+            .bind(username)
+            .bind(email)
+            .bind(registered_at)
+            .bind(event.sequence)
+            .execute(&mut *conn)
+            .await?;
+        }
+        UserEvent::Activated { .. } => {
+            sqlx::query("update profile set is_active = true where user_id = $1")
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        UserEvent::ProfileUpdated { changes, .. } => {
+            sqlx::query(
+                "update profile set country = coalesce($2, country),
+                        profession = coalesce($3, profession), bio = coalesce($4, bio),
+                        thoughts = coalesce($5, thoughts), profile_img = coalesce($6, profile_img)
+                  where user_id = $1",
+            )
+            .bind(user_id)
+            .bind(changes.country)
+            .bind(changes.profession)
+            .bind(changes.bio)
+            .bind(changes.thoughts)
+            .bind(changes.profile_img)
+            .execute(&mut *conn)
+            .await?;
+        }
+        UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => {
+            sqlx::query("update profile set token_epoch = token_epoch + 1 where user_id = $1")
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        UserEvent::ActivationLinkIssued { .. }
+        | UserEvent::DuplicateRegistrationAttempted { .. }
+        | UserEvent::PasswordResetRequested { .. } => {}
+    }
+    sqlx::query("update profile set version = $2, updated_at = now() where user_id = $1")
+        .bind(user_id)
+        .bind(event.sequence)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn apply_session(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+    if let SessionEvent::Started {
+        user_id,
+        started_at,
+        ..
+    } = event.decode::<SessionEvent>()?
+    {
+        sqlx::query(
+            "update profile set last_login = greatest(last_login, $2), updated_at = now()
+              where user_id = $1",
+        )
+        .bind(user_id)
+        .bind(started_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Reading the event store in commit order, from a checkpoint.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgConnection};
+
+/// One row of the `events` table, as readers see it.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub global_position: i64,
+    /// `xid8` as text: sqlx 0.8 has no type for it.
+    pub transaction_id: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The id a consumer dedupes on: `<aggregate_type>:<aggregate_id>:<sequence>`.
+    pub fn event_id(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
+    }
+
+    /// The event's own fields: cqrs-es stores an enum as `{"<EventType>": {...}}`.
+    pub fn data(&self) -> &Value {
+        self.payload
+            .get(&self.event_type)
+            .unwrap_or(&self.payload)
+    }
+
+    /// A string from the command metadata (`ip`, `user_agent`, `request_id`).
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+
+    /// Decodes the payload into the aggregate's event type.
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        serde_json::from_value(self.payload.clone())
+    }
+}
+
+/// Where a reader has got to: the last event it handled, in `(transaction_id, position)` order.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Checkpoint {
+    pub transaction_id: String,
+    pub position: i64,
+}
+
+impl Checkpoint {
+    pub fn after(event: &StoredEvent) -> Self {
+        Self {
+            transaction_id: event.transaction_id.clone(),
+            position: event.global_position,
+        }
+    }
+}
+
+/// Locks and returns a reader's checkpoint for the rest of the transaction, creating it if new.
+pub async fn lock_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<Checkpoint> {
+    sqlx::query("insert into reader_checkpoint (name) values ($1) on conflict do nothing")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(
+        "select transaction_id::text as transaction_id, position
+           from reader_checkpoint where name = $1 for update",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    checkpoint: &Checkpoint,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update reader_checkpoint
+            set transaction_id = $2::text::xid8, position = $3, updated_at = now()
+          where name = $1",
+    )
+    .bind(name)
+    .bind(&checkpoint.transaction_id)
+    .bind(checkpoint.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The next events after `checkpoint` whose transactions are certainly finished: an event of a
+/// transaction still running below the snapshot's xmin could commit later with a lower position.
+pub async fn read_after(
+    conn: &mut PgConnection,
+    checkpoint: &Checkpoint,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    sqlx::query_as(
+        "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at
+           from events
+          where (transaction_id, global_position) > ($1::text::xid8, $2)
+            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by transaction_id, global_position
+          limit $3",
+    )
+    .bind(&checkpoint.transaction_id)
+    .bind(checkpoint.position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Whether the reader `name` has handled the event at `(aggregate_type, aggregate_id, sequence)`.
+pub async fn has_passed(
+    conn: &mut PgConnection,
+    name: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select coalesce((
+            select (e.transaction_id, e.global_position) <= (c.transaction_id, c.position)
+              from events e, reader_checkpoint c
+             where e.aggregate_type = $2 and e.aggregate_id = $3 and e.sequence = $4
+               and c.name = $1), false)",
+    )
+    .bind(name)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_one(conn)
+    .await
+}

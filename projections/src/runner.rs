@@ -1,0 +1,75 @@
+//! Driving a projector: catch up in batches, then wait for a wake-up or the poll interval.
+
+use crate::reader::{self, Checkpoint, StoredEvent};
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Events handled per transaction.
+pub const BATCH_SIZE: i64 = 500;
+
+/// A read model built from events. `apply` runs inside the transaction that also moves the
+/// projector's checkpoint, so it must only write through `conn`.
+#[async_trait]
+pub trait Projector: Send + Sync {
+    /// The checkpoint name, stable across releases.
+    fn name(&self) -> &'static str;
+
+    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
+}
+
+/// Handles one batch; returns how many events it applied.
+pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let checkpoint = reader::lock_checkpoint(&mut tx, projector.name()).await?;
+    let events = reader::read_after(&mut tx, &checkpoint, BATCH_SIZE).await?;
+    for event in &events {
+        projector.apply(&mut tx, event).await?;
+    }
+    if let Some(last) = events.last() {
+        reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;
+    }
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Applies every event that is ready now; returns how many.
+pub async fn catch_up(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let applied = run_batch(pool, projector).await?;
+        total += applied;
+        if applied < BATCH_SIZE as usize {
+            return Ok(total);
+        }
+    }
+}
+
+/// Runs a projector until `shutdown`: catches up whenever `wake` changes and every `poll`.
+/// Errors are logged and retried after `poll`: a read model lags, it never stops for good.
+pub async fn run(
+    pool: PgPool,
+    projector: Arc<dyn Projector>,
+    mut wake: watch::Receiver<u64>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(error) = catch_up(&pool, projector.as_ref()).await {
+            tracing::warn!(projector = projector.name(), error = %error, "projector batch failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    // No more wake-ups will come: poll alone.
+                    tokio::time::sleep(poll).await;
+                }
+            }
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}

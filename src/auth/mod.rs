@@ -1,0 +1,13 @@
+//! Authentication: password hashing and policy, signed access tokens, HMAC link and refresh
+//! tokens, and the `AuthUser` extractor.
+
+pub mod extractor;
+pub mod jwt;
+pub mod links;
+pub mod password;
+pub mod policy;
+
+pub use extractor::AuthUser;
+pub use jwt::{AccessClaims, Keys};
+pub use links::{LinkSigner, Purpose};
+pub use password::{PasswordHasher, SecretPassword};

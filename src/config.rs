@@ -1,0 +1,170 @@
+//! One typed configuration, parsed once from flags and environment variables (`--help` lists all).
+
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the service. Each field is both a flag and an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Postgres connection URL; the database is created if missing and migrated at start.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/accounts")]
+    pub database_url: String,
+
+    /// Most connections the process keeps to Postgres.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// JetStream stream that carries the account events.
+    #[arg(long, env = "NATS_STREAM", default_value = "ACCOUNTS")]
+    pub nats_stream: String,
+
+    /// Subject prefix: events are published as `<prefix>.<aggregate>.<EventType>`.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "accounts")]
+    pub nats_subject_prefix: String,
+
+    /// Durable consumer name shared by every mailer worker.
+    #[arg(long, env = "MAILER_CONSUMER", default_value = "mailer")]
+    pub mailer_consumer: String,
+
+    /// SMTP server, e.g. `smtp://127.0.0.1:1025` (plain) or `smtps://user:pass@host:465`.
+    /// When unset, mails are written as `.eml` files into MAIL_DIR.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// Sender of every mail.
+    #[arg(long, env = "MAIL_FROM", default_value = "Accounts <no-reply@localhost>")]
+    pub mail_from: String,
+
+    /// Where mails go as `.eml` files when SMTP_URL is unset (default: `<DATA_DIR>/mail`).
+    #[arg(long, env = "MAIL_DIR")]
+    pub mail_dir: Option<PathBuf>,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
+    pub listen_addr: SocketAddr,
+
+    /// Origins (scheme://host[:port]) that e-mailed links may point to, comma-separated.
+    #[arg(
+        long,
+        env = "ALLOWED_LINK_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:8000,http://127.0.0.1:8000"
+    )]
+    pub allowed_link_origins: Vec<String>,
+
+    /// Link base used for password-reset mails when the request names none.
+    #[arg(long, env = "DEFAULT_LINK_BASE_URL", default_value = "http://localhost:3000/reset-password/")]
+    pub default_link_base_url: String,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl: u64,
+
+    /// Lifetime of a refresh token, in seconds (each rotation starts a new one).
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value_t = 604_800)]
+    pub refresh_token_ttl: u64,
+
+    /// How long the refresh token just spent may be presented again (a lost response), in seconds.
+    #[arg(long, env = "REFRESH_REUSE_GRACE", default_value_t = 30)]
+    pub refresh_reuse_grace: u64,
+
+    /// Lifetime of activation links, in seconds.
+    #[arg(long, env = "ACTIVATION_LINK_TTL", default_value_t = 86_400)]
+    pub activation_link_ttl: u64,
+
+    /// Lifetime of password-reset links, in seconds.
+    #[arg(long, env = "RESET_LINK_TTL", default_value_t = 1_800)]
+    pub reset_link_ttl: u64,
+
+    /// `iss` of access tokens.
+    #[arg(long, env = "JWT_ISSUER", default_value = "accounts")]
+    pub jwt_issuer: String,
+
+    /// `aud` of access tokens.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "accounts-api")]
+    pub jwt_audience: String,
+
+    /// Ed25519 signing key (PKCS#8 PEM). Default: `<DATA_DIR>/signing-key.pem`, generated if missing.
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Secret for link and refresh-token HMACs (32 random bytes, hex). Default:
+    /// `<DATA_DIR>/link.key`, generated if missing. Every process of a deployment needs the same.
+    #[arg(long, env = "LINK_KEY_FILE")]
+    pub link_key_file: Option<PathBuf>,
+
+    /// Directory for generated keys and the default mail directory.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Password hashes computed at once (each takes 19 MiB). Default: the number of cores.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
+
+    /// How long a request may wait for a hashing slot before it is shed with 503, in milliseconds.
+    #[arg(long, env = "PASSWORD_HASH_QUEUE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub password_hash_queue_timeout_ms: u64,
+
+    /// How often readers (relay, projectors) poll when no wake-up arrives, in milliseconds.
+    #[arg(long, env = "READER_POLL_MS", default_value_t = 1_000)]
+    pub reader_poll_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn mail_dir(&self) -> PathBuf {
+        self.mail_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mail"))
+    }
+
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing-key.pem"))
+    }
+
+    pub fn link_key_file(&self) -> PathBuf {
+        self.link_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("link.key"))
+    }
+
+    pub fn reader_poll(&self) -> Duration {
+        Duration::from_millis(self.reader_poll_ms)
+    }
+
+    pub fn hash_concurrency(&self) -> usize {
+        self.password_hash_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+    }
+
+    /// The settings a fresh process would get from its environment (tests start from these).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::try_parse_from(["accounts"]).map(|only| only.settings)
+    }
+}

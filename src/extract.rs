@@ -1,0 +1,191 @@
+//! Request extractors: the JSON body in the contract's shape, field parsing, request metadata.
+
+use crate::error::{ApiError, FieldErrors};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON object body: 415 for another content type, 413 past 64 KiB, 400 for malformed JSON or
+/// a body that is not an object. Fields are then read with a [`Form`].
+pub struct JsonBody(pub Form);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let media = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let essence = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType(media));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        match value {
+            Value::Object(fields) => Ok(JsonBody(Form::new(fields))),
+            other => Err(ApiError::non_field(format!(
+                "Invalid data. Expected a dictionary, but got {}.",
+                drf_type_name(&other)
+            ))),
+        }
+    }
+}
+
+fn drf_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Array(_) => "list",
+        Value::String(_) => "str",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::Bool(_) => "bool",
+        Value::Null => "NoneType",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// Reads fields out of a JSON object, collecting every error in DRF's wording before failing.
+pub struct Form {
+    fields: Map<String, Value>,
+    errors: FieldErrors,
+}
+
+impl Form {
+    pub fn new(fields: Map<String, Value>) -> Self {
+        Self {
+            fields,
+            errors: FieldErrors::new(),
+        }
+    }
+
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors
+            .entry(field.to_owned())
+            .or_default()
+            .push(message.into());
+    }
+
+    pub fn has_errors(&self, field: &str) -> bool {
+        self.errors.contains_key(field)
+    }
+
+    /// A required, non-blank string.
+    pub fn string(&mut self, name: &str) -> Option<String> {
+        match self.fields.get(name) {
+            None => self.fail(name, "This field is required."),
+            Some(Value::Null) => self.fail(name, "This field may not be null."),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.fail(name, "This field may not be blank.")
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => self.fail(name, "Not a valid string."),
+        }
+    }
+
+    /// A string that may be absent (`None`) or blank; `null` and other types are errors.
+    pub fn optional_string(&mut self, name: &str) -> Option<String> {
+        match self.fields.get(name) {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) => self.fail(name, "This field may not be null."),
+            Some(_) => self.fail(name, "Not a valid string."),
+        }
+    }
+
+    /// A required string turned into a domain value by `parse`, whose error message is reported.
+    pub fn parsed<T, E: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        let raw = self.string(name)?;
+        match parse(&raw) {
+            Ok(value) => Some(value),
+            Err(message) => self.fail(name, message.to_string()),
+        }
+    }
+
+    fn fail<T>(&mut self, name: &str, message: impl Into<String>) -> Option<T> {
+        self.error(name, message);
+        None
+    }
+
+    /// `Ok` when no field failed.
+    pub fn finish(&mut self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(std::mem::take(&mut self.errors)))
+        }
+    }
+
+    /// The collected errors, for when a required field came back `None`.
+    pub fn into_error(self) -> ApiError {
+        if self.errors.is_empty() {
+            ApiError::internal(anyhow::anyhow!("a field was missing without an error"))
+        } else {
+            ApiError::Validation(self.errors)
+        }
+    }
+}
+
+/// Where a request came from, carried into the command metadata and so into events and history.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl RequestMeta {
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut metadata = HashMap::new();
+        for (key, value) in [
+            ("ip", &self.ip),
+            ("user_agent", &self.user_agent),
+            ("request_id", &self.request_id),
+        ] {
+            if let Some(value) = value {
+                metadata.insert(key.to_owned(), value.clone());
+            }
+        }
+        metadata
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect::<String>())
+        };
+        Ok(Self {
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            user_agent: header("user-agent"),
+            request_id: header("x-request-id"),
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! The mails, one per event type that calls for one.
+
+use super::IntegrationEvent;
+use crate::auth::links::{link_url, Purpose};
+use crate::auth::LinkSigner;
+use anyhow::Context;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
+use lettre::Message;
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mail {
+    pub kind: &'static str,
+    pub to: String,
+    pub name: String,
+    pub subject: &'static str,
+    pub body: String,
+}
+
+impl Mail {
+    pub fn to_message(&self, from: &Mailbox) -> anyhow::Result<Message> {
+        let to = Mailbox::new(
+            Some(self.name.clone()),
+            self.to.parse().context("recipient address")?,
+        );
+        // 7bit keeps links intact for the simplest mail readers; other text gets the default.
+        let body = Body::new_with_encoding(self.body.clone(), ContentTransferEncoding::SevenBit)
+            .unwrap_or_else(|text| Body::new(text));
+        Message::builder()
+            .from(from.clone())
+            .to(to)
+            .subject(self.subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .context("cannot build the mail")
+    }
+}
+
+fn text<'a>(data: &'a Value, field: &str) -> anyhow::Result<&'a str> {
+    data.get(field)
+        .and_then(Value::as_str)
+        .with_context(|| format!("event has no {field}"))
+}
+
+/// The mail an event calls for, or `None`.
+pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<Option<Mail>> {
+    let data = &event.data;
+    let link = |purpose: Purpose| -> anyhow::Result<String> {
+        let user_id: Uuid = event.aggregate_id.parse().context("aggregate id")?;
+        let request_id: Uuid = text(data, "request_id")?.parse().context("request id")?;
+        let token = links.link_token(purpose, user_id, request_id);
+        Ok(link_url(text(data, "base_url")?, user_id, &token))
+    };
+    let (kind, subject, body) = match event.event_type.as_str() {
+        "ActivationLinkIssued" => (
+            "activation",
+            "Activate your account",
+            format!(
+                "Hello {name},\n\nPlease activate your account by opening this link:\n\n{link}\n\n\
+                 The link works once and expires in 24 hours unless your administrator set \
+                 otherwise. If you did not register, ignore this mail.\n",
+                name = text(data, "username")?,
+                link = link(Purpose::Activation)?
+            ),
+        ),
+        "DuplicateRegistrationAttempted" => (
+            "duplicate_registration",
+            "Someone tried to register with your address",
+            format!(
+                "Hello {name},\n\nSomebody tried to create a new account with this e-mail \
+                 address, which already belongs to your account. No account was created.\n\n\
+                 If it was you, log in instead, or reset your password if you forgot it.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "PasswordResetRequested" => (
+            "password_reset",
+            "Reset your password",
+            format!(
+                "Hello {name},\n\nTo set a new password, open this link:\n\n{link}\n\n\
+                 The link works once and expires soon. If you did not ask for it, ignore this \
+                 mail: your password stays as it is.\n",
+                name = text(data, "username")?,
+                link = link(Purpose::PasswordReset)?
+            ),
+        ),
+        "PasswordChanged" => (
+            "password_changed",
+            "Your password was changed",
+            format!(
+                "Hello {name},\n\nThe password of your account was just changed, and every \
+                 other session was signed out.\n\nIf this was not you, reset your password now.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "PasswordReset" => (
+            "password_reset_done",
+            "Your password was reset",
+            format!(
+                "Hello {name},\n\nThe password of your account was reset with an e-mailed link, \
+                 and every session was signed out.\n\nIf this was not you, reset it again now.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        _ => return Ok(None),
+    };
+    Ok(Some(Mail {
+        kind,
+        to: text(data, "email")?.to_owned(),
+        name: text(data, "username")?.to_owned(),
+        subject,
+        body,
+    }))
+}

@@ -1,0 +1,199 @@
+//! Login, the dashboard and the user's own history.
+
+use super::registration::{aggregate_error, hash_error};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::state::AppState;
+use crate::store;
+use aggregates::session::SessionCommand;
+use aggregates::values::Email;
+use aggregates::User;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
+use chrono::{Duration, Utc};
+use projections::history::{self, HistoryEntry};
+use projections::profile::ProfileRow;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/accounts/api/login/", post(login)),
+        ("/accounts/api/dashboard/", get(dashboard)),
+        ("/accounts/api/history/", get(own_history)),
+    ]
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::detail(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "Invalid email or password.",
+    )
+}
+
+/// Access and refresh tokens of one session generation, in the contract's shape.
+pub(crate) fn token_pair(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+    generation: u32,
+    epoch: u32,
+) -> ApiResult<serde_json::Map<String, Value>> {
+    let access = state
+        .keys
+        .issue(user_id, session_id, epoch, Utc::now(), state.access_ttl())
+        .map_err(ApiError::Internal)?;
+    let mut body = serde_json::Map::new();
+    body.insert("access_token".into(), access.into());
+    body.insert(
+        "refresh_token".into(),
+        state.links.refresh_token(session_id, generation).into(),
+    );
+    body.insert("token_type".into(), "Bearer".into());
+    body.insert("expires_in".into(), state.access_ttl().into());
+    Ok(body)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let email = form.parsed("email", Email::parse);
+    let password = form.string("password").map(SecretString::from);
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+
+    let user = match store::user_by_email(&state.pool, email.as_str()).await? {
+        Some(id) => Some(state.users.load(&id.to_string()).await.map_err(aggregate_error)?),
+        None => None,
+    };
+    let credential = user.as_ref().and_then(|u: &User| u.credential_id);
+    let hash = match credential {
+        Some(id) => store::password_hash(&state.pool, id).await?,
+        None => None,
+    };
+    let verified = state
+        .hasher
+        .verify(&password, hash)
+        .await
+        .map_err(hash_error)?;
+    let Some(user) = user.filter(|_| verified) else {
+        return Err(invalid_credentials());
+    };
+    let Some(user_id) = user.id else {
+        return Err(invalid_credentials());
+    };
+    if !user.is_active {
+        return Err(ApiError::detail(
+            StatusCode::FORBIDDEN,
+            "account_inactive",
+            "Your account is not active yet. Please activate it with the link we e-mailed you.",
+        ));
+    }
+    let session_id = Uuid::new_v4();
+    let id = session_id.to_string();
+    let command = SessionCommand::Start {
+        session_id,
+        user_id,
+        token_epoch: user.token_epoch,
+        ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
+        now: Utc::now(),
+    };
+    let done = state
+        .sessions
+        .execute(&id, command, &meta)
+        .await
+        .map_err(aggregate_error)?;
+    state
+        .sync_read_models("Session", &id, done.last_sequence())
+        .await?;
+    let mut body = token_pair(&state, user_id, session_id, 0, user.token_epoch)?;
+    body.insert(
+        "msg".into(),
+        format!("Congrats {} your credentials verfied.", user.username).into(),
+    );
+    Ok(Json(Value::Object(body)))
+}
+
+/// The profile fields of the contract, `""` when unset.
+pub(crate) fn profile_json(row: &ProfileRow) -> Value {
+    json!({
+        "username": row.username,
+        "email": row.email,
+        "country": row.country,
+        "profession": row.profession,
+        "bio": row.bio,
+        "thoughts": row.thoughts,
+        "profile_img": row.profile_img,
+    })
+}
+
+async fn dashboard(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+    let row = &user.profile;
+    let recent = history::page(&state.pool, user.user_id, None, 10).await?;
+    Ok(Json(json!({
+        "msg": "Welcome to dashboard",
+        "user": {
+            "id": row.user_id,
+            "username": row.username,
+            "email": row.email,
+            "is_active": row.is_active,
+            "date_joined": row.date_joined,
+            "last_login": row.last_login,
+        },
+        "profile": profile_json(row),
+        "recent_history": recent,
+    })))
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn own_history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<HistoryParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = match params.limit.as_deref() {
+        None => 50,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    "Ensure this value is a whole number from 1 to 200.",
+                ))
+            }
+        },
+    };
+    let before = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::field("cursor", "Invalid cursor."))?,
+        ),
+    };
+    let mut rows: Vec<HistoryEntry> =
+        history::page(&state.pool, user.user_id, before, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.position.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "results": rows, "next": next })))
+}

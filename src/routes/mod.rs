@@ -1,0 +1,80 @@
+//! The HTTP surface: one module per endpoint group, each with its own `router()`.
+
+mod account;
+mod meta;
+mod password;
+mod profile;
+mod registration;
+mod tokens;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use meta::openapi_document;
+
+/// Every route, under its path with the trailing slash and without it.
+pub fn router(state: AppState) -> Router {
+    let routes: Vec<(&str, MethodRouter<AppState>)> = [
+        registration::routes(),
+        account::routes(),
+        profile::routes(),
+        password::routes(),
+        tokens::routes(),
+        meta::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut router = Router::new();
+    for (path, method_router) in routes {
+        router = router.route(path, method_router.clone());
+        let bare = path.trim_end_matches('/');
+        if bare != path && !bare.is_empty() {
+            router = router.route(bare, method_router);
+        }
+    }
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(method_not_allowed))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::Detail {
+        status: StatusCode::NOT_FOUND,
+        detail: "Not found.".into(),
+        code: "not_found",
+    }
+}
+
+/// axum answers a known path with the wrong method by an empty 405; DRF clients expect a body.
+async fn method_not_allowed(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let shown = if method == Method::HEAD { "HEAD" } else { method.as_str() };
+    let mut rewritten = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "detail": format!("Method \"{shown}\" not allowed.") })),
+    )
+        .into_response();
+    if let Some(allow) = allow {
+        rewritten.headers_mut().insert(header::ALLOW, allow);
+    }
+    rewritten
+}
+
+/// The `{"msg": ...}` body of the original service.
+pub(crate) fn msg(text: impl Into<String>) -> Json<serde_json::Value> {
+    Json(json!({ "msg": text.into() }))
+}

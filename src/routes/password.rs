@@ -1,0 +1,175 @@
+//! Changing a password, and resetting a forgotten one by e-mailed link.
+
+use super::msg;
+use super::registration::{aggregate_error, hash_error, new_password_fields, LINK_BASE_ERROR};
+use crate::auth::links::{parse_uidb64, Purpose};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::state::AppState;
+use crate::store;
+use aggregates::user::{LinkIssue, UserCommand, UserError};
+use aggregates::values::Email;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{post, MethodRouter};
+use axum::Json;
+use chrono::{Duration, Utc};
+use cqrs_es::AggregateError;
+use secrecy::SecretString;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/accounts/api/change/password/", post(change_password)),
+        ("/accounts/api/forget/password/", post(forgot_password)),
+        (
+            "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+            post(set_new_password),
+        ),
+    ]
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let old = form.string("old_password").map(SecretString::from);
+    let attributes = [
+        ("username", user.profile.username.as_str()),
+        ("email address", user.profile.email.as_str()),
+    ];
+    let new = new_password_fields(&mut form, "new_password", &attributes);
+    let (Some(old), Some(new)) = (old, new) else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+
+    let id = user.user_id.to_string();
+    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let hash = match account.credential_id {
+        Some(credential) => store::password_hash(&state.pool, credential).await?,
+        None => None,
+    };
+    if !state.hasher.verify(&old, hash).await.map_err(hash_error)? {
+        return Err(ApiError::field("old_password", "Old password is incorrect."));
+    }
+    let hash = state.hasher.hash(&new).await.map_err(hash_error)?;
+    let credential_id = Uuid::new_v4();
+    store::insert_credential(&state.pool, credential_id, user.user_id, &hash).await?;
+    let command = UserCommand::ChangePassword {
+        credential_id,
+        now: Utc::now(),
+    };
+    let done = state
+        .users
+        .execute(&id, command, &meta)
+        .await
+        .map_err(aggregate_error)?;
+    state
+        .sync_read_models("User", &id, done.last_sequence())
+        .await?;
+    Ok(msg("Password changed successfully!"))
+}
+
+async fn forgot_password(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let email = form.parsed("email", Email::parse);
+    let base = match form.optional_string("verification_base_url") {
+        None => Some(state.settings.default_link_base_url.clone()),
+        Some(raw) => {
+            let base = state.link_base(&raw);
+            if base.is_none() {
+                form.error("verification_base_url", LINK_BASE_ERROR);
+            }
+            base
+        }
+    };
+    let (Some(email), Some(base)) = (email, base) else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+    if let Some(user_id) = store::user_by_email(&state.pool, email.as_str()).await? {
+        let command = UserCommand::RequestPasswordReset {
+            link: LinkIssue {
+                request_id: Uuid::new_v4(),
+                base_url: base,
+                ttl: Duration::seconds(state.settings.reset_link_ttl as i64),
+            },
+            now: Utc::now(),
+        };
+        state
+            .users
+            .execute(&user_id.to_string(), command, &meta)
+            .await
+            .map_err(aggregate_error)?;
+    }
+    Ok(msg("If this email address is registered, we have sent a password reset link to it. Please check your inbox."))
+}
+
+fn invalid_reset() -> ApiError {
+    ApiError::detail(
+        StatusCode::BAD_REQUEST,
+        "invalid_token",
+        "Reset link is invalid or expired!",
+    )
+}
+
+async fn set_new_password(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Path((uidb64, token)): Path<(String, String)>,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let user_id = parse_uidb64(&uidb64).ok_or_else(invalid_reset)?;
+    let request_id = state
+        .links
+        .verify_link(Purpose::PasswordReset, user_id, &token)
+        .ok_or_else(invalid_reset)?;
+    let id = user_id.to_string();
+    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let now = Utc::now();
+    let live = account
+        .reset
+        .as_ref()
+        .is_some_and(|link| link.request_id == request_id && now < link.expires_at);
+    if !live {
+        return Err(invalid_reset());
+    }
+    let attributes = [
+        ("username", account.username.as_str()),
+        ("email address", account.email.as_str()),
+    ];
+    let Some(password) = new_password_fields(&mut form, "new_password", &attributes) else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+
+    let hash = state.hasher.hash(&password).await.map_err(hash_error)?;
+    let credential_id = Uuid::new_v4();
+    store::insert_credential(&state.pool, credential_id, user_id, &hash).await?;
+    let command = UserCommand::ResetPassword {
+        request_id,
+        credential_id,
+        now,
+    };
+    match state.users.execute(&id, command, &meta).await {
+        Ok(done) => {
+            state
+                .sync_read_models("User", &id, done.last_sequence())
+                .await?;
+            Ok(msg("Your password has been reset. Please log in with your new password."))
+        }
+        Err(AggregateError::UserError(UserError::InvalidResetLink | UserError::NotFound)) => {
+            store::delete_credential(&state.pool, credential_id).await?;
+            Err(invalid_reset())
+        }
+        Err(error) => Err(aggregate_error(error)),
+    }
+}

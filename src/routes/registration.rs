@@ -1,0 +1,225 @@
+//! Registration, resend of the activation link, activation.
+
+use super::msg;
+use crate::auth::links::{parse_uidb64, Purpose};
+use crate::auth::policy;
+use crate::commands::sqlstate;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Form, JsonBody, RequestMeta};
+use crate::state::AppState;
+use crate::store;
+use aggregates::user::{LinkIssue, UserCommand, UserError};
+use aggregates::values::{Email, Username};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{post, MethodRouter};
+use axum::Json;
+use chrono::{Duration, Utc};
+use cqrs_es::AggregateError;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/accounts/api/registration/", post(register)),
+        ("/accounts/api/get/acctivation/token/", post(resend_activation)),
+        ("/accounts/api/get/accttivation/token/", post(resend_activation)),
+        ("/accounts/api/get/activation/token/", post(resend_activation)),
+        ("/accounts/api/verify/token/{uidb64}/{token}/", post(activate)),
+    ]
+}
+
+pub const LINK_BASE_ERROR: &str =
+    "Enter a valid URL whose origin is allowed for links (an absolute http or https URL).";
+
+/// The required `verification_base_url`, checked against the allow-list of link origins.
+pub fn link_base_field(state: &AppState, form: &mut Form) -> Option<String> {
+    let raw = form.string("verification_base_url")?;
+    let base = state.link_base(&raw);
+    if base.is_none() {
+        form.error("verification_base_url", LINK_BASE_ERROR);
+    }
+    base
+}
+
+/// Checks a new password and its confirmation, reporting under `field` as Django does.
+pub fn new_password_fields(
+    form: &mut Form,
+    field: &str,
+    attributes: &[(&str, &str)],
+) -> Option<SecretString> {
+    let password = form.string(field).map(SecretString::from);
+    let confirm = form.string("confirm_password").map(SecretString::from);
+    let password = password?;
+    for message in policy::check(password.expose_secret(), attributes) {
+        form.error(field, message);
+    }
+    if let Some(confirm) = confirm {
+        if confirm.expose_secret() != password.expose_secret() && !form.has_errors(field) {
+            form.error(
+                "non_field_errors",
+                "Password and confirm password doesn't match",
+            );
+        }
+    }
+    Some(password)
+}
+
+pub(crate) fn hash_error(error: crate::auth::password::HashError) -> ApiError {
+    match error {
+        crate::auth::password::HashError::Busy => ApiError::Overloaded {
+            retry_after_secs: 1,
+        },
+        crate::auth::password::HashError::Failed(e) => ApiError::Internal(e),
+    }
+}
+
+pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
+    error: AggregateError<E>,
+) -> ApiError {
+    ApiError::internal(anyhow::anyhow!("command failed: {error}"))
+}
+
+async fn register(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let username = form.parsed("username", Username::parse);
+    let email = form.parsed("email", Email::parse);
+    let attributes = [
+        ("username", username.as_ref().map_or("", |u| u.as_str())),
+        ("email address", email.as_ref().map_or("", |e| e.as_str())),
+    ];
+    let password = new_password_fields(&mut form, "password", &attributes);
+    let base = link_base_field(&state, &mut form);
+    let (Some(username), Some(email), Some(password), Some(base)) =
+        (username, email, password, base)
+    else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+
+    let created = (
+        StatusCode::CREATED,
+        msg(format!(
+            "Congrats! {username} your successfully registered to continue login we have sent an account activation email to activate your account. Please verify you email address thank you by admin(krishna)."
+        )),
+    );
+    let hash = state.hasher.hash(&password).await.map_err(hash_error)?;
+    let (user_id, credential_id) = (Uuid::now_v7(), Uuid::new_v4());
+    store::insert_credential(&state.pool, credential_id, user_id, &hash).await?;
+    let command = UserCommand::Register {
+        user_id,
+        username,
+        email: email.clone(),
+        credential_id,
+        activation: LinkIssue {
+            request_id: Uuid::new_v4(),
+            base_url: base,
+            ttl: Duration::seconds(state.settings.activation_link_ttl as i64),
+        },
+        now: Utc::now(),
+    };
+    let id = user_id.to_string();
+    match state.users.execute(&id, command, &meta).await {
+        Ok(done) => {
+            state
+                .sync_read_models("User", &id, done.last_sequence())
+                .await?;
+            Ok(created)
+        }
+        Err(error) => {
+            store::delete_credential(&state.pool, credential_id).await?;
+            match sqlstate(&error).as_deref() {
+                Some(store::EMAIL_TAKEN) => {
+                    notify_owner(&state, &email, &meta).await?;
+                    Ok(created)
+                }
+                Some(store::USERNAME_TAKEN) => Err(ApiError::field(
+                    "username",
+                    "A user with that username already exists.",
+                )),
+                _ => Err(aggregate_error(error)),
+            }
+        }
+    }
+}
+
+/// The address is registered already: the owner is told (at most once per interval).
+async fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) -> ApiResult<()> {
+    let Some(owner) = store::user_by_email(&state.pool, email.as_str()).await? else {
+        return Ok(());
+    };
+    let command = UserCommand::NoteDuplicateRegistration { now: Utc::now() };
+    state
+        .users
+        .execute(&owner.to_string(), command, meta)
+        .await
+        .map_err(aggregate_error)?;
+    Ok(())
+}
+
+async fn resend_activation(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let email = form.parsed("email", Email::parse);
+    let base = link_base_field(&state, &mut form);
+    let (Some(email), Some(base)) = (email, base) else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+    if let Some(user_id) = store::user_by_email(&state.pool, email.as_str()).await? {
+        let command = UserCommand::IssueActivationLink {
+            link: LinkIssue {
+                request_id: Uuid::new_v4(),
+                base_url: base,
+                ttl: Duration::seconds(state.settings.activation_link_ttl as i64),
+            },
+            now: Utc::now(),
+        };
+        match state.users.execute(&user_id.to_string(), command, &meta).await {
+            Ok(_) | Err(AggregateError::UserError(UserError::AlreadyActive)) => {}
+            Err(error) => return Err(aggregate_error(error)),
+        }
+    }
+    Ok(msg("We have send you account activation link at your registered email address. If you don't receive email than please make sure you have enter registered email address. Thank you!"))
+}
+
+fn invalid_activation() -> ApiError {
+    ApiError::detail(
+        StatusCode::BAD_REQUEST,
+        "invalid_token",
+        "Activation link is invalid or expired!",
+    )
+}
+
+async fn activate(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Path((uidb64, token)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let user_id = parse_uidb64(&uidb64).ok_or_else(invalid_activation)?;
+    let request_id = state
+        .links
+        .verify_link(Purpose::Activation, user_id, &token)
+        .ok_or_else(invalid_activation)?;
+    let id = user_id.to_string();
+    let command = UserCommand::Activate {
+        request_id,
+        now: Utc::now(),
+    };
+    match state.users.execute(&id, command, &meta).await {
+        Ok(done) => {
+            state
+                .sync_read_models("User", &id, done.last_sequence())
+                .await?;
+            Ok(msg("Your account has been activated successfully. You can now log in."))
+        }
+        Err(AggregateError::UserError(_)) => Err(invalid_activation()),
+        Err(error) => Err(aggregate_error(error)),
+    }
+}

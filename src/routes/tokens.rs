@@ -1,0 +1,95 @@
+//! Refresh-token rotation, logout, and the public keys of our access tokens.
+
+use super::account::token_pair;
+use super::msg;
+use super::registration::aggregate_error;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, RequestMeta};
+use crate::state::AppState;
+use aggregates::session::{SessionCommand, SessionError};
+use axum::extract::State;
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
+use chrono::{Duration, Utc};
+use cqrs_es::AggregateError;
+use serde_json::Value;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/accounts/api/token/refresh/", post(refresh)),
+        ("/accounts/api/logout/", post(logout)),
+        ("/.well-known/jwks.json", get(jwks)),
+    ]
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let Some(token) = form.string("refresh_token") else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+    let (session_id, generation) = state
+        .links
+        .verify_refresh(&token)
+        .ok_or(ApiError::InvalidToken)?;
+    let id = session_id.to_string();
+    let session = state.sessions.load(&id).await.map_err(aggregate_error)?;
+    let user_id = session.user_id.ok_or(ApiError::InvalidToken)?;
+    let profile = projections::profile::find(&state.pool, user_id)
+        .await?
+        .filter(|p| p.is_active)
+        .ok_or(ApiError::InvalidToken)?;
+    let epoch = u32::try_from(profile.token_epoch).map_err(ApiError::internal)?;
+    let command = SessionCommand::Refresh {
+        generation,
+        current_epoch: epoch,
+        ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
+        grace: Duration::seconds(state.settings.refresh_reuse_grace as i64),
+        now: Utc::now(),
+    };
+    let done = match state.sessions.execute(&id, command, &meta).await {
+        Ok(done) => done,
+        Err(AggregateError::UserError(SessionError::InvalidToken)) => {
+            return Err(ApiError::InvalidToken)
+        }
+        Err(error) => return Err(aggregate_error(error)),
+    };
+    if done.state.ended {
+        // A spent token came back: the chain is revoked.
+        return Err(ApiError::InvalidToken);
+    }
+    let body = token_pair(&state, user_id, session_id, done.state.generation, epoch)?;
+    Ok(Json(Value::Object(body)))
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    JsonBody(mut form): JsonBody,
+) -> ApiResult<Json<Value>> {
+    let Some(token) = form.string("refresh_token") else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+    let (session_id, _) = state
+        .links
+        .verify_refresh(&token)
+        .ok_or(ApiError::InvalidToken)?;
+    let command = SessionCommand::Logout { now: Utc::now() };
+    match state
+        .sessions
+        .execute(&session_id.to_string(), command, &meta)
+        .await
+    {
+        Ok(_) => Ok(msg("You have been logged out.")),
+        Err(AggregateError::UserError(SessionError::InvalidToken)) => Err(ApiError::InvalidToken),
+        Err(error) => Err(aggregate_error(error)),
+    }
+}
+
+async fn jwks(State(state): State<AppState>) -> Json<Value> {
+    Json(state.keys.jwks())
+}

@@ -1,0 +1,93 @@
+//! What every handler shares.
+
+use crate::auth::{Keys, LinkSigner, PasswordHasher};
+use crate::commands::CommandBus;
+use crate::config::Settings;
+use crate::error::ApiError;
+use aggregates::{Session, User};
+use projections::Projector;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use url::Url;
+
+/// How long a write waits for the read models to show it before answering anyway.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub users: Arc<CommandBus<User>>,
+    pub sessions: Arc<CommandBus<Session>>,
+    pub hasher: PasswordHasher,
+    pub keys: Arc<Keys>,
+    pub links: LinkSigner,
+    pub projectors: Arc<Vec<Arc<dyn Projector>>>,
+    pub wake: Arc<watch::Sender<u64>>,
+}
+
+impl AppState {
+    /// Read-your-writes: returns once every read model has applied the event `sequence` of the
+    /// stream, catching up here rather than waiting for the background projectors.
+    pub async fn sync_read_models(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: Option<i64>,
+    ) -> Result<(), ApiError> {
+        let Some(sequence) = sequence else {
+            return Ok(());
+        };
+        crate::wake::bump(&self.wake);
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
+        for projector in self.projectors.iter() {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                projections::catch_up(&self.pool, projector.as_ref())
+                    .await
+                    .map_err(ApiError::internal)?;
+                let mut conn = self.pool.acquire().await?;
+                let done = projections::reader::has_passed(
+                    &mut conn,
+                    projector.name(),
+                    aggregate_type,
+                    aggregate_id,
+                    sequence,
+                )
+                .await?;
+                if done {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(projector = projector.name(), "read model is lagging");
+                    return Ok(());
+                }
+                // An older transaction is still open; its events must be applied first.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The base of an e-mailed link, if its origin is allow-listed: an absolute http(s) URL.
+    pub fn link_base(&self, raw: &str) -> Option<String> {
+        let url = Url::parse(raw.trim()).ok()?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return None;
+        }
+        let origin = url.origin().ascii_serialization();
+        let allowed = self.settings.allowed_link_origins.iter().any(|allowed| {
+            Url::parse(allowed.trim())
+                .map(|a| a.origin().ascii_serialization() == origin)
+                .unwrap_or(false)
+        });
+        allowed.then(|| url.to_string())
+    }
+
+    pub fn access_ttl(&self) -> u64 {
+        self.settings.access_token_ttl
+    }
+}
