@@ -15,7 +15,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Postgres connection URL; the database is created if missing and migrated at start.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/accounts")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/accounts"
+    )]
     pub database_url: String,
 
     /// Most connections the process keeps to Postgres.
@@ -44,7 +48,11 @@ pub struct Settings {
     pub smtp_url: Option<String>,
 
     /// Sender of every mail.
-    #[arg(long, env = "MAIL_FROM", default_value = "Accounts <no-reply@localhost>")]
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Accounts <no-reply@localhost>"
+    )]
     pub mail_from: String,
 
     /// Where mails go as `.eml` files when SMTP_URL is unset (default: `<DATA_DIR>/mail`).
@@ -65,7 +73,11 @@ pub struct Settings {
     pub allowed_link_origins: Vec<String>,
 
     /// Link base used for password-reset mails when the request names none.
-    #[arg(long, env = "DEFAULT_LINK_BASE_URL", default_value = "http://localhost:3000/reset-password/")]
+    #[arg(
+        long,
+        env = "DEFAULT_LINK_BASE_URL",
+        default_value = "http://localhost:3000/reset-password/"
+    )]
     pub default_link_base_url: String,
 
     /// Lifetime of access tokens, in seconds.

@@ -14,6 +14,7 @@
 //! - [`mailer`]: the worker that sends the e-mails events call for.
 //! - [`wake`]: Postgres notifications that wake the readers.
 //! - [`db`], [`secrets`], [`state`], [`openapi`]: plumbing.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
 pub mod commands;

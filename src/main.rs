@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "accounts", version, about = "Event-sourced account and authentication service")]
+#[command(
+    name = "accounts",
+    version,
+    about = "Event-sourced account and authentication service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -166,7 +166,12 @@ impl Application {
         }
         if roles.mailer {
             let mailer = Mailer::new(state.pool.clone(), &settings, state.links.clone())?;
-            tasks.spawn(mailer::run(mailer, js.clone(), settings.clone(), shutdown.clone()));
+            tasks.spawn(mailer::run(
+                mailer,
+                js.clone(),
+                settings.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = listener {
             let addr = listener.local_addr()?;

@@ -7,6 +7,7 @@
 //!
 //! Aggregates do no IO: the caller hashes passwords, checks HMACs, reads the clock and makes ids,
 //! and passes the facts in the command. `apply` never fails.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod session;
 pub mod user;

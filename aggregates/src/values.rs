@@ -7,6 +7,12 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub &'static str);
 
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 /// A username as Django accepts it: 1–150 letters, digits and `@.+-_`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Username(String);
@@ -99,16 +105,17 @@ mod tests {
         let email = Email::parse(" Alice@Example.COM ").expect("valid");
         assert_eq!(email.as_str(), "Alice@Example.COM");
         assert_eq!(email.normalized(), "alice@example.com");
-        for bad in ["", "alice", "alice@", "@example.com", "a b@example.com", "Alice <a@example.com>"] {
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a b@example.com",
+            "Alice <a@example.com>",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} accepted");
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(Email::parse(&long).is_err());
-    }
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
     }
 }

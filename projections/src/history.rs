@@ -48,22 +48,47 @@ pub async fn page(
 
 pub struct HistoryProjector;
 
-/// The history entry an event makes, if any: `(user, event name, occurred_at, details)`.
-fn entry(event: &StoredEvent) -> anyhow::Result<Option<(Uuid, &'static str, DateTime<Utc>, Value)>> {
+/// What one event adds to a user's history.
+struct Entry {
+    user_id: Uuid,
+    name: &'static str,
+    occurred_at: DateTime<Utc>,
+    details: Value,
+}
+
+/// The history entry an event makes, if any.
+fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
     Ok(match event.aggregate_type.as_str() {
         "User" => {
             let user_id: Uuid = event.aggregate_id.parse()?;
             let (name, at, details) = match event.decode::<UserEvent>()? {
-                UserEvent::Registered { registered_at, username, email, .. } => {
-                    ("registered", registered_at, json!({"username": username, "email": email}))
-                }
-                UserEvent::ActivationLinkIssued { issued_at, expires_at, .. } => {
-                    ("activation_link_sent", issued_at, json!({"expires_at": expires_at}))
-                }
-                UserEvent::Activated { activated_at, method } => {
-                    ("activated", activated_at, json!({"method": method}))
-                }
-                UserEvent::ProfileUpdated { updated_at, changes } => {
+                UserEvent::Registered {
+                    registered_at,
+                    username,
+                    email,
+                    ..
+                } => (
+                    "registered",
+                    registered_at,
+                    json!({"username": username, "email": email}),
+                ),
+                UserEvent::ActivationLinkIssued {
+                    issued_at,
+                    expires_at,
+                    ..
+                } => (
+                    "activation_link_sent",
+                    issued_at,
+                    json!({"expires_at": expires_at}),
+                ),
+                UserEvent::Activated {
+                    activated_at,
+                    method,
+                } => ("activated", activated_at, json!({"method": method})),
+                UserEvent::ProfileUpdated {
+                    updated_at,
+                    changes,
+                } => {
                     let fields: Vec<String> = serde_json::to_value(&changes)?
                         .as_object()
                         .map(|o| o.keys().cloned().collect())
@@ -73,34 +98,76 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<(Uuid, &'static str, Date
                 UserEvent::PasswordChanged { changed_at, .. } => {
                     ("password_changed", changed_at, json!({}))
                 }
-                UserEvent::PasswordResetRequested { requested_at, expires_at, .. } => {
-                    ("password_reset_requested", requested_at, json!({"expires_at": expires_at}))
+                UserEvent::PasswordResetRequested {
+                    requested_at,
+                    expires_at,
+                    ..
+                } => (
+                    "password_reset_requested",
+                    requested_at,
+                    json!({"expires_at": expires_at}),
+                ),
+                UserEvent::PasswordReset { reset_at, .. } => {
+                    ("password_reset", reset_at, json!({}))
                 }
-                UserEvent::PasswordReset { reset_at, .. } => ("password_reset", reset_at, json!({})),
                 UserEvent::DuplicateRegistrationAttempted { .. } => return Ok(None),
             };
-            Some((user_id, name, at, details))
+            Some(Entry {
+                user_id,
+                name,
+                occurred_at: at,
+                details,
+            })
         }
         "Session" => {
             let session_id = event.aggregate_id.clone();
             let (user_id, name, at, details) = match event.decode::<SessionEvent>()? {
-                SessionEvent::Started { user_id, started_at, .. } => {
-                    (user_id, "logged_in", started_at, json!({"session_id": session_id}))
-                }
-                SessionEvent::Refreshed { user_id, refreshed_at, .. } => {
-                    (user_id, "token_refreshed", refreshed_at, json!({"session_id": session_id}))
-                }
-                SessionEvent::LoggedOut { user_id, logged_out_at } => {
-                    (user_id, "logged_out", logged_out_at, json!({"session_id": session_id}))
-                }
-                SessionEvent::Revoked { user_id, revoked_at, reason } => (
+                SessionEvent::Started {
+                    user_id,
+                    started_at,
+                    ..
+                } => (
+                    user_id,
+                    "logged_in",
+                    started_at,
+                    json!({"session_id": session_id}),
+                ),
+                SessionEvent::Refreshed {
+                    user_id,
+                    refreshed_at,
+                    ..
+                } => (
+                    user_id,
+                    "token_refreshed",
+                    refreshed_at,
+                    json!({"session_id": session_id}),
+                ),
+                SessionEvent::LoggedOut {
+                    user_id,
+                    logged_out_at,
+                } => (
+                    user_id,
+                    "logged_out",
+                    logged_out_at,
+                    json!({"session_id": session_id}),
+                ),
+                SessionEvent::Revoked {
+                    user_id,
+                    revoked_at,
+                    reason,
+                } => (
                     user_id,
                     "sessions_revoked",
                     revoked_at,
                     json!({"session_id": session_id, "reason": reason}),
                 ),
             };
-            Some((user_id, name, at, details))
+            Some(Entry {
+                user_id,
+                name,
+                occurred_at: at,
+                details,
+            })
         }
         _ => None,
     })
@@ -113,7 +180,13 @@ impl Projector for HistoryProjector {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let Some((user_id, name, occurred_at, details)) = entry(event)? else {
+        let Some(Entry {
+            user_id,
+            name,
+            occurred_at,
+            details,
+        }) = entry(event)?
+        else {
             return Ok(());
         };
         sqlx::query(

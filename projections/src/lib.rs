@@ -8,6 +8,7 @@
 //! A projector writes its rows and its checkpoint in one transaction, so it resumes exactly where
 //! it stopped after a crash, and any process may run a catch-up at any time: the checkpoint row
 //! lock serialises them.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod history;
 pub mod profile;

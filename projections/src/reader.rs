@@ -31,9 +31,7 @@ impl StoredEvent {
 
     /// The event's own fields: cqrs-es stores an enum as `{"<EventType>": {...}}`.
     pub fn data(&self) -> &Value {
-        self.payload
-            .get(&self.event_type)
-            .unwrap_or(&self.payload)
+        self.payload.get(&self.event_type).unwrap_or(&self.payload)
     }
 
     /// A string from the command metadata (`ip`, `user_agent`, `request_id`).

@@ -51,7 +51,8 @@ impl Keys {
         let signing = if path.exists() {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the signing key {}", path.display()))?;
-            SigningKey::from_pkcs8_pem(&pem).context("the signing key is not an Ed25519 PKCS#8 PEM")?
+            SigningKey::from_pkcs8_pem(&pem)
+                .context("the signing key is not an Ed25519 PKCS#8 PEM")?
         } else {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let pem = key
@@ -120,7 +121,8 @@ impl Keys {
         if header.alg != Algorithm::EdDSA || header.kid.as_deref() != Some(self.kid.as_str()) {
             return None;
         }
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
         (data.claims.token_type == ACCESS).then_some(data.claims)
     }
 

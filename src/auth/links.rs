@@ -128,7 +128,12 @@ pub fn parse_uidb64(text: &str) -> Option<Uuid> {
 
 /// The link a mail carries: `<base>` + `<uidb64>/<token>/`, with exactly one `/` between.
 pub fn link_url(base: &str, user_id: Uuid, token: &str) -> String {
-    format!("{}/{}/{}/", base.trim_end_matches('/'), uidb64(user_id), token)
+    format!(
+        "{}/{}/{}/",
+        base.trim_end_matches('/'),
+        uidb64(user_id),
+        token
+    )
 }
 
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
@@ -151,12 +156,21 @@ mod tests {
         let signer = LinkSigner::new([7; 32]);
         let (user, other, request) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let token = signer.link_token(Purpose::Activation, user, request);
-        assert_eq!(signer.verify_link(Purpose::Activation, user, &token), Some(request));
-        assert_eq!(signer.verify_link(Purpose::PasswordReset, user, &token), None);
+        assert_eq!(
+            signer.verify_link(Purpose::Activation, user, &token),
+            Some(request)
+        );
+        assert_eq!(
+            signer.verify_link(Purpose::PasswordReset, user, &token),
+            None
+        );
         assert_eq!(signer.verify_link(Purpose::Activation, other, &token), None);
         let forged = format!("{}-{}", request.simple(), "A".repeat(43));
         assert_eq!(signer.verify_link(Purpose::Activation, user, &forged), None);
-        assert_eq!(LinkSigner::new([8; 32]).verify_link(Purpose::Activation, user, &token), None);
+        assert_eq!(
+            LinkSigner::new([8; 32]).verify_link(Purpose::Activation, user, &token),
+            None
+        );
     }
 
     #[test]
@@ -175,7 +189,10 @@ mod tests {
         assert_eq!(parse_uidb64(&uidb64(user)), Some(user));
         assert_eq!(parse_uidb64("not-base64!"), None);
         let link = link_url("https://app.example/verify/", user, "tok");
-        assert_eq!(link, format!("https://app.example/verify/{}/tok/", uidb64(user)));
+        assert_eq!(
+            link,
+            format!("https://app.example/verify/{}/tok/", uidb64(user))
+        );
         assert_eq!(link_url("https://app.example/verify", user, "tok"), link);
     }
 }

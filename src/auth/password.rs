@@ -114,12 +114,21 @@ mod tests {
         let password = SecretPassword::from("a long enough password");
         let hash = hasher.hash(&password).await.map_err(anyhow::Error::from)?;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(hasher.verify(&password, Some(hash.clone())).await.map_err(anyhow::Error::from)?);
+        assert!(hasher
+            .verify(&password, Some(hash.clone()))
+            .await
+            .map_err(anyhow::Error::from)?);
         let wrong = SecretPassword::from("another password");
-        assert!(!hasher.verify(&wrong, Some(hash)).await.map_err(anyhow::Error::from)?);
+        assert!(!hasher
+            .verify(&wrong, Some(hash))
+            .await
+            .map_err(anyhow::Error::from)?);
         let dummy_phrase =
             SecretPassword::from("not a password anyone has: the dummy for unknown accounts");
-        assert!(!hasher.verify(&dummy_phrase, None).await.map_err(anyhow::Error::from)?);
+        assert!(!hasher
+            .verify(&dummy_phrase, None)
+            .await
+            .map_err(anyhow::Error::from)?);
         Ok(())
     }
 }

@@ -15,7 +15,9 @@ const MAX_SIMILARITY: f64 = 0.7;
 pub fn check(password: &str, attributes: &[(&str, &str)]) -> Vec<String> {
     let chars = password.chars().count();
     if chars > MAX_CHARS {
-        return vec![format!("Ensure this field has no more than {MAX_CHARS} characters.")];
+        return vec![format!(
+            "Ensure this field has no more than {MAX_CHARS} characters."
+        )];
     }
     let mut errors = Vec::new();
     if chars < MIN_CHARS {
@@ -97,7 +99,10 @@ fn quick_ratio(a: &[char], b: &[char]) -> f64 {
 mod tests {
     use super::*;
 
-    const ALICE: [(&str, &str); 2] = [("username", "alice"), ("email address", "alice@example.com")];
+    const ALICE: [(&str, &str); 2] = [
+        ("username", "alice"),
+        ("email address", "alice@example.com"),
+    ];
 
     #[test]
     fn a_strong_password_passes() {
@@ -114,11 +119,15 @@ mod tests {
             ]
         );
         assert!(check("password", &ALICE).contains(&"This password is too common.".to_owned()));
-        assert!(check("83920174659", &ALICE).contains(&"This password is entirely numeric.".to_owned()));
-        assert!(check("alice@example.com", &ALICE)
-            .contains(&"The password is too similar to the username.".to_owned())
-            || check("alice@example.com", &ALICE)
-                .contains(&"The password is too similar to the email address.".to_owned()));
+        assert!(
+            check("83920174659", &ALICE).contains(&"This password is entirely numeric.".to_owned())
+        );
+        assert!(
+            check("alice@example.com", &ALICE)
+                .contains(&"The password is too similar to the username.".to_owned())
+                || check("alice@example.com", &ALICE)
+                    .contains(&"The password is too similar to the email address.".to_owned())
+        );
         assert_eq!(
             check(&"a".repeat(1025), &ALICE),
             vec!["Ensure this field has no more than 1024 characters."]

@@ -4,8 +4,8 @@ use super::IntegrationEvent;
 use crate::auth::links::{link_url, Purpose};
 use crate::auth::LinkSigner;
 use anyhow::Context;
-use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::{Body, Mailbox};
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
 use lettre::Message;
 use serde_json::Value;
 use uuid::Uuid;
@@ -25,15 +25,12 @@ impl Mail {
             Some(self.name.clone()),
             self.to.parse().context("recipient address")?,
         );
-        // 7bit keeps links intact for the simplest mail readers; other text gets the default.
-        let body = Body::new_with_encoding(self.body.clone(), ContentTransferEncoding::SevenBit)
-            .unwrap_or_else(|text| Body::new(text));
         Message::builder()
             .from(from.clone())
             .to(to)
             .subject(self.subject)
             .header(ContentType::TEXT_PLAIN)
-            .body(body)
+            .body(self.body.clone())
             .context("cannot build the mail")
     }
 }

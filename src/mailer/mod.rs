@@ -56,7 +56,10 @@ impl Mailer {
             pool,
             transport: Transport::from_settings(settings)?,
             links,
-            from: settings.mail_from.parse().context("MAIL_FROM is not a mailbox")?,
+            from: settings
+                .mail_from
+                .parse()
+                .context("MAIL_FROM is not a mailbox")?,
         })
     }
 
@@ -140,7 +143,10 @@ pub async fn run(
 ) {
     loop {
         if let Err(error) = consume(&mailer, &js, &settings, &shutdown).await {
-            tracing::warn!(error = format!("{error:#}"), "mailer consumer failed; restarting");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "mailer consumer failed; restarting"
+            );
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -170,10 +176,16 @@ async fn consume(
         };
         let ack = match mailer.handle(&message.payload).await {
             Ok(Outcome::Sent | Outcome::Skipped) => message.double_ack().await,
-            Ok(Outcome::Busy) => message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await,
+            Ok(Outcome::Busy) => {
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
+            }
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "mail not sent; will retry");
-                message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
             }
         };
         if let Err(error) = ack {

@@ -22,8 +22,9 @@ impl Transport {
             }
             None => {
                 let dir = settings.mail_dir();
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create the mail directory {}", dir.display()))?;
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("cannot create the mail directory {}", dir.display())
+                })?;
                 Ok(Self::Files(AsyncFileTransport::new(dir)))
             }
         }
@@ -35,7 +36,10 @@ impl Transport {
                 smtp.send(message).await.context("SMTP delivery failed")?;
             }
             Transport::Files(files) => {
-                files.send(message).await.context("cannot write the mail file")?;
+                files
+                    .send(message)
+                    .await
+                    .context("cannot write the mail file")?;
             }
         }
         Ok(())

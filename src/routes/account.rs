@@ -73,7 +73,13 @@ async fn login(
     form.finish()?;
 
     let user = match store::user_by_email(&state.pool, email.as_str()).await? {
-        Some(id) => Some(state.users.load(&id.to_string()).await.map_err(aggregate_error)?),
+        Some(id) => Some(
+            state
+                .users
+                .load(&id.to_string())
+                .await
+                .map_err(aggregate_error)?,
+        ),
         None => None,
     };
     let credential = user.as_ref().and_then(|u: &User| u.credential_id);

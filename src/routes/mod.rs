@@ -62,7 +62,11 @@ async fn method_not_allowed(request: Request, next: Next) -> Response {
         return response;
     }
     let allow = response.headers().get(header::ALLOW).cloned();
-    let shown = if method == Method::HEAD { "HEAD" } else { method.as_str() };
+    let shown = if method == Method::HEAD {
+        "HEAD"
+    } else {
+        method.as_str()
+    };
     let mut rewritten = (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(json!({ "detail": format!("Method \"{shown}\" not allowed.") })),

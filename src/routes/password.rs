@@ -1,7 +1,10 @@
 //! Changing a password, and resetting a forgotten one by e-mailed link.
 
 use super::msg;
-use super::registration::{aggregate_error, hash_error, new_password_fields, LINK_BASE_ERROR};
+use super::registration::{
+    aggregate_error, check_new_password, hash_error, new_password_fields, password_pair,
+    LINK_BASE_ERROR,
+};
 use crate::auth::links::{parse_uidb64, Purpose};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
@@ -55,7 +58,10 @@ async fn change_password(
         None => None,
     };
     if !state.hasher.verify(&old, hash).await.map_err(hash_error)? {
-        return Err(ApiError::field("old_password", "Old password is incorrect."));
+        return Err(ApiError::field(
+            "old_password",
+            "Old password is incorrect.",
+        ));
     }
     let hash = state.hasher.hash(&new).await.map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
@@ -127,6 +133,10 @@ async fn set_new_password(
     Path((uidb64, token)): Path<(String, String)>,
     JsonBody(mut form): JsonBody,
 ) -> ApiResult<Json<Value>> {
+    let Some(pair) = password_pair(&mut form, "new_password") else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
     let user_id = parse_uidb64(&uidb64).ok_or_else(invalid_reset)?;
     let request_id = state
         .links
@@ -146,12 +156,10 @@ async fn set_new_password(
         ("username", account.username.as_str()),
         ("email address", account.email.as_str()),
     ];
-    let Some(password) = new_password_fields(&mut form, "new_password", &attributes) else {
-        return Err(form.into_error());
-    };
+    check_new_password(&mut form, "new_password", &pair, &attributes);
     form.finish()?;
 
-    let hash = state.hasher.hash(&password).await.map_err(hash_error)?;
+    let hash = state.hasher.hash(&pair.0).await.map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
     store::insert_credential(&state.pool, credential_id, user_id, &hash).await?;
     let command = UserCommand::ResetPassword {
@@ -164,7 +172,9 @@ async fn set_new_password(
             state
                 .sync_read_models("User", &id, done.last_sequence())
                 .await?;
-            Ok(msg("Your password has been reset. Please log in with your new password."))
+            Ok(msg(
+                "Your password has been reset. Please log in with your new password.",
+            ))
         }
         Err(AggregateError::UserError(UserError::InvalidResetLink | UserError::NotFound)) => {
             store::delete_credential(&state.pool, credential_id).await?;

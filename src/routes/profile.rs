@@ -53,7 +53,10 @@ async fn update_profile(
         let value = form.optional_string(field);
         if let Some(value) = &value {
             if value.chars().count() > max {
-                form.error(field, format!("Ensure this field has no more than {max} characters."));
+                form.error(
+                    field,
+                    format!("Ensure this field has no more than {max} characters."),
+                );
             }
         }
         texts.push(value);
@@ -61,7 +64,10 @@ async fn update_profile(
     let image = form.optional_string("profile_img");
     if let Some(image) = &image {
         if image.chars().count() > IMAGE_URL_MAX {
-            form.error("profile_img", "Ensure this field has no more than 2048 characters.");
+            form.error(
+                "profile_img",
+                "Ensure this field has no more than 2048 characters.",
+            );
         } else if !valid_image_url(image) {
             form.error("profile_img", "Enter a valid URL.");
         }

@@ -23,10 +23,22 @@ use uuid::Uuid;
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/accounts/api/registration/", post(register)),
-        ("/accounts/api/get/acctivation/token/", post(resend_activation)),
-        ("/accounts/api/get/accttivation/token/", post(resend_activation)),
-        ("/accounts/api/get/activation/token/", post(resend_activation)),
-        ("/accounts/api/verify/token/{uidb64}/{token}/", post(activate)),
+        (
+            "/accounts/api/get/acctivation/token/",
+            post(resend_activation),
+        ),
+        (
+            "/accounts/api/get/accttivation/token/",
+            post(resend_activation),
+        ),
+        (
+            "/accounts/api/get/activation/token/",
+            post(resend_activation),
+        ),
+        (
+            "/accounts/api/verify/token/{uidb64}/{token}/",
+            post(activate),
+        ),
     ]
 }
 
@@ -43,27 +55,40 @@ pub fn link_base_field(state: &AppState, form: &mut Form) -> Option<String> {
     base
 }
 
-/// Checks a new password and its confirmation, reporting under `field` as Django does.
+/// Reads a new password and its confirmation (`confirm_password`).
+pub fn password_pair(form: &mut Form, field: &str) -> Option<(SecretString, SecretString)> {
+    let password = form.string(field).map(SecretString::from);
+    let confirm = form.string("confirm_password").map(SecretString::from);
+    Some((password?, confirm?))
+}
+
+/// Applies the password policy under `field`, then the confirmation check, as Django does.
+pub fn check_new_password(
+    form: &mut Form,
+    field: &str,
+    (password, confirm): &(SecretString, SecretString),
+    attributes: &[(&str, &str)],
+) {
+    for message in policy::check(password.expose_secret(), attributes) {
+        form.error(field, message);
+    }
+    if confirm.expose_secret() != password.expose_secret() && !form.has_errors(field) {
+        form.error(
+            "non_field_errors",
+            "Password and confirm password doesn't match",
+        );
+    }
+}
+
+/// Reads a new password and its confirmation and checks them.
 pub fn new_password_fields(
     form: &mut Form,
     field: &str,
     attributes: &[(&str, &str)],
 ) -> Option<SecretString> {
-    let password = form.string(field).map(SecretString::from);
-    let confirm = form.string("confirm_password").map(SecretString::from);
-    let password = password?;
-    for message in policy::check(password.expose_secret(), attributes) {
-        form.error(field, message);
-    }
-    if let Some(confirm) = confirm {
-        if confirm.expose_secret() != password.expose_secret() && !form.has_errors(field) {
-            form.error(
-                "non_field_errors",
-                "Password and confirm password doesn't match",
-            );
-        }
-    }
-    Some(password)
+    let pair = password_pair(form, field)?;
+    check_new_password(form, field, &pair, attributes);
+    Some(pair.0)
 }
 
 pub(crate) fn hash_error(error: crate::auth::password::HashError) -> ApiError {
@@ -181,7 +206,11 @@ async fn resend_activation(
             },
             now: Utc::now(),
         };
-        match state.users.execute(&user_id.to_string(), command, &meta).await {
+        match state
+            .users
+            .execute(&user_id.to_string(), command, &meta)
+            .await
+        {
             Ok(_) | Err(AggregateError::UserError(UserError::AlreadyActive)) => {}
             Err(error) => return Err(aggregate_error(error)),
         }
@@ -217,7 +246,9 @@ async fn activate(
             state
                 .sync_read_models("User", &id, done.last_sequence())
                 .await?;
-            Ok(msg("Your account has been activated successfully. You can now log in."))
+            Ok(msg(
+                "Your account has been activated successfully. You can now log in.",
+            ))
         }
         Err(AggregateError::UserError(_)) => Err(invalid_activation()),
         Err(error) => Err(aggregate_error(error)),

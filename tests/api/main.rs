@@ -1,1 +1,13 @@
+//! API tests: the real service (all roles in-process) against the real Postgres and NATS, with
+//! mails captured from a real SMTP conversation. One binary; one module per concern.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod helpers;
+
+mod bad_input;
+mod concurrency;
+mod events;
+mod flow;
+mod links;
+mod login;
+mod registration;

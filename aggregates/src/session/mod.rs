@@ -152,9 +152,7 @@ impl Session {
                     }]);
                 }
                 let just_spent = generation + 1 == self.generation
-                    && self
-                        .last_refreshed_at
-                        .is_some_and(|at| now - at <= grace);
+                    && self.last_refreshed_at.is_some_and(|at| now - at <= grace);
                 if just_spent {
                     // The caller answers again with the live generation; nothing changes.
                     return Ok(vec![]);

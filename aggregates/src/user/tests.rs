@@ -14,11 +14,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn ids() -> (Uuid, Uuid, Uuid) {
-    (
-        Uuid::from_u128(1),
-        Uuid::from_u128(2),
-        Uuid::from_u128(3),
-    )
+    (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3))
 }
 
 fn link(request: u128, ttl_hours: i64) -> LinkIssue {

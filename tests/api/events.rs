@@ -1,0 +1,162 @@
+//! The event store, the relay and the mailer: exactly-once publishing, mailing once, no secrets.
+
+use crate::helpers::*;
+use accounts::Roles;
+use async_nats::jetstream::message::PublishMessage;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::HashSet;
+
+#[tokio::test]
+async fn events_appended_while_no_relay_runs_are_published_once_it_starts() {
+    let smtp = SmtpSink::start().await;
+    let settings = test_settings(&smtp).await;
+    let api_only = TestApp::start(settings.clone(), smtp.clone(), Roles::API).await;
+    for name in ["amy", "ben", "cat"] {
+        let email = format!("{name}@example.com");
+        json_of(
+            api_only.register(name, &email, PASSWORD).await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let stored = api_only.event_count().await;
+    assert_eq!(stored, 6);
+    assert!(
+        api_only.js.get_stream(&settings.nats_stream).await.is_err(),
+        "nothing published yet"
+    );
+    api_only.stop().await;
+
+    let worker = TestApp::start(settings.clone(), smtp.clone(), Roles::WORKER).await;
+    worker.wait_for_relay().await;
+    let messages = worker.stream_messages().await;
+    assert_eq!(messages.len() as i64, stored);
+    let ids: HashSet<String> = messages
+        .iter()
+        .map(|m| m.headers.get("Nats-Msg-Id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len() as i64, stored, "each event once");
+    let expected: HashSet<String> = sqlx::query_scalar(
+        "select aggregate_type || ':' || aggregate_id || ':' || sequence from events",
+    )
+    .fetch_all(&worker.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(ids, expected);
+    // Per-stream order is kept: Registered comes before ActivationLinkIssued.
+    let subjects: Vec<String> = messages.iter().map(|m| m.subject.to_string()).collect();
+    assert!(subjects[0].ends_with(".user.Registered"), "{subjects:?}");
+    assert!(
+        subjects[1].ends_with(".user.ActivationLinkIssued"),
+        "{subjects:?}"
+    );
+
+    // The worker's mailer sends the three activation mails, once each.
+    worker.wait_for_mailer_idle().await;
+    for name in ["amy", "ben", "cat"] {
+        assert_eq!(smtp.to(&format!("{name}@example.com")).len(), 1);
+    }
+    // Restarting the relay publishes nothing again.
+    worker.stop().await;
+    let again = TestApp::start(settings, smtp, Roles::WORKER).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(again.stream_messages().await.len() as i64, stored);
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_to_the_mailer_is_mailed_once() {
+    let app = TestApp::spawn().await;
+    json_of(
+        app.register("dan", "dan@example.com", PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    app.smtp.wait_for("dan@example.com", "Activate").await;
+    app.wait_for_mailer_idle().await;
+
+    // Publish the activation event again under another message id, so JetStream keeps it and
+    // the mailer receives the same event a second time.
+    let original = app
+        .stream_messages()
+        .await
+        .into_iter()
+        .find(|m| m.subject.ends_with(".ActivationLinkIssued"))
+        .unwrap();
+    app.js
+        .send_publish(
+            original.subject.to_string(),
+            PublishMessage::build()
+                .payload(original.payload.clone())
+                .message_id("a redelivery"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    app.wait_for_mailer_idle().await;
+    assert_eq!(app.smtp.to("dan@example.com").len(), 1);
+    let recorded: i64 = sqlx::query_scalar("select count(*) from mail_sent where status = 'sent'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test]
+async fn no_password_hash_or_token_reaches_the_stream_or_the_event_store() {
+    let app = TestApp::spawn().await;
+    let email = "eve@example.com";
+    let (access, refresh) = app.active_user("eve", email).await;
+    let activation = app.smtp.wait_for(email, "Activate").await.link();
+    json_of(
+        app.change_password(&access, PASSWORD, NEW_PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    json_of(app.forgot_password(email).await, StatusCode::OK).await;
+    let reset = app.smtp.wait_for(email, "Reset your password").await.link();
+    app.wait_for_mailer_idle().await;
+
+    let hashes: Vec<String> = sqlx::query_scalar("select password_hash from credential")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let mut secrets: Vec<String> = vec![
+        PASSWORD.into(),
+        NEW_PASSWORD.into(),
+        access,
+        refresh,
+        link_parts(&activation).1,
+        link_parts(&reset).1,
+        "argon2".into(),
+    ];
+    secrets.extend(hashes);
+
+    let events: Vec<Value> = sqlx::query_scalar(
+        "select jsonb_build_object('payload', payload, 'metadata', metadata) from events",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let stored = serde_json::to_string(&events).unwrap();
+    let published: String = app
+        .stream_messages()
+        .await
+        .iter()
+        .map(|m| format!("{:?} {}", m.headers, String::from_utf8_lossy(&m.payload)))
+        .collect();
+    assert!(published.contains("PasswordChanged"));
+    for secret in &secrets {
+        assert!(
+            !stored.contains(secret.as_str()),
+            "the event store holds a secret"
+        );
+        assert!(
+            !published.contains(secret.as_str()),
+            "a published message holds a secret"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! `TestApp`: a running service on a fresh database, stream and SMTP sink, with one typed helper
+//! per endpoint.
+
+mod smtp;
+
+pub use smtp::SmtpSink;
+
+use accounts::{Application, Roles, Settings};
+use async_nats::jetstream;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const LINK_BASE: &str = "http://app.test/activate/";
+pub const RESET_BASE: &str = "http://app.test/reset/";
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const NEW_PASSWORD: &str = "purple monkey dishwasher 42";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub smtp: SmtpSink,
+    pub js: jetstream::Context,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn database_url(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/accounts".into());
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL");
+    url.set_path(name);
+    url.to_string()
+}
+
+/// Settings for a test: a fresh database, stream, subject prefix, data directory and port.
+pub async fn test_settings(smtp: &SmtpSink) -> Settings {
+    let id = Uuid::new_v4().simple().to_string();
+    let mut settings = Settings::from_env().expect("settings");
+    settings.database_url = database_url(&format!("accounts_test_{id}"));
+    settings.nats_stream = format!("TEST_{id}");
+    settings.nats_subject_prefix = format!("t{id}");
+    settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
+    settings.listen_addr = "127.0.0.1:0".parse().unwrap();
+    settings.data_dir = std::env::temp_dir().join(format!("accounts-test-{id}"));
+    settings.allowed_link_origins = vec!["http://app.test".into()];
+    settings.default_link_base_url = RESET_BASE.into();
+    settings.reader_poll_ms = 100;
+    settings.database_max_connections = 30;
+    settings
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let smtp = SmtpSink::start().await;
+        let mut settings = test_settings(&smtp).await;
+        adjust(&mut settings);
+        Self::start(settings, smtp, Roles::ALL).await
+    }
+
+    /// Starts a service on existing settings (e.g. a second process on the same database).
+    pub async fn start(settings: Settings, smtp: SmtpSink, roles: Roles) -> TestApp {
+        let app = Application::build(settings.clone(), roles)
+            .await
+            .expect("the service builds");
+        let port = app.port();
+        let pool = app.state().pool.clone();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            app.run(token).await.expect("the service runs");
+        });
+        let nats = async_nats::connect(settings.nats_url.as_str())
+            .await
+            .expect("NATS is up");
+        TestApp {
+            address: format!("http://127.0.0.1:{}", port.unwrap_or(0)),
+            client: reqwest::Client::new(),
+            pool,
+            settings,
+            smtp,
+            js: jetstream::new(nats),
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the service and waits until every role has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_authed(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_authed(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, username: &str, email: &str, password: &str) -> Response {
+        self.post(
+            "/accounts/api/registration/",
+            &json!({
+                "username": username,
+                "email": email,
+                "password": password,
+                "confirm_password": password,
+                "verification_base_url": LINK_BASE,
+            }),
+        )
+        .await
+    }
+
+    pub async fn resend_activation(&self, email: &str) -> Response {
+        self.post(
+            "/accounts/api/get/acctivation/token/",
+            &json!({ "email": email, "verification_base_url": LINK_BASE }),
+        )
+        .await
+    }
+
+    /// POSTs to the API path that a mailed link (`<base><uidb64>/<token>/`) stands for.
+    pub async fn activate_link(&self, link: &str) -> Response {
+        let (uid, token) = link_parts(link);
+        self.client
+            .post(self.url(&format!("/accounts/api/verify/token/{uid}/{token}/")))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/accounts/api/login/",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn forgot_password(&self, email: &str) -> Response {
+        self.post("/accounts/api/forget/password/", &json!({ "email": email }))
+            .await
+    }
+
+    pub async fn set_new_password(&self, link: &str, password: &str) -> Response {
+        let (uid, token) = link_parts(link);
+        self.post(
+            &format!("/accounts/api/set/new/forget/password/{uid}/{token}/"),
+            &json!({ "new_password": password, "confirm_password": password }),
+        )
+        .await
+    }
+
+    pub async fn change_password(&self, token: &str, old: &str, new: &str) -> Response {
+        self.post_authed(
+            "/accounts/api/change/password/",
+            token,
+            &json!({ "old_password": old, "new_password": new, "confirm_password": new }),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post(
+            "/accounts/api/token/refresh/",
+            &json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// Registers, activates through the mailed link, and logs in: `(access, refresh)`.
+    pub async fn active_user(&self, username: &str, email: &str) -> (String, String) {
+        assert_eq!(self.register(username, email, PASSWORD).await.status(), 201);
+        let mail = self.smtp.wait_for(email, "Activate your account").await;
+        assert_eq!(self.activate_link(&mail.link()).await.status(), 200);
+        let body = json_of(self.login(email, PASSWORD).await, StatusCode::OK).await;
+        (
+            body["access_token"].as_str().unwrap().to_owned(),
+            body["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count_events(&self, event_type: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from events where event_type = $1")
+            .bind(event_type)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Every message in this test's stream, in order.
+    pub async fn stream_messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut stream = self
+            .js
+            .get_stream(&self.settings.nats_stream)
+            .await
+            .expect("stream exists");
+        let last = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let mut messages = Vec::new();
+        for seq in 1..=last {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                messages.push(message);
+            }
+        }
+        messages
+    }
+
+    /// Waits until the relay has published every event in the store.
+    pub async fn wait_for_relay(&self) {
+        let expected = self.event_count().await as u64;
+        eventually(|| async {
+            let stream = self.js.get_stream(&self.settings.nats_stream).await;
+            match stream {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .map(|i| i.state.messages >= expected)
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the mailer has acknowledged everything it was given.
+    pub async fn wait_for_mailer_idle(&self) {
+        self.wait_for_relay().await;
+        eventually(|| async {
+            let Ok(stream) = self.js.get_stream(&self.settings.nats_stream).await else {
+                return false;
+            };
+            let Ok(mut consumer) = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                    &self.settings.mailer_consumer,
+                )
+                .await
+            else {
+                return false;
+            };
+            match consumer.info().await {
+                Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `check` until it holds, for at most 20 seconds.
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached in 20 s");
+}
+
+/// `(uidb64, token)` of a link `<base><uidb64>/<token>/`.
+pub fn link_parts(link: &str) -> (String, String) {
+    let parts: Vec<&str> = link.trim_end_matches('/').rsplitn(3, '/').collect();
+    (parts[1].to_owned(), parts[0].to_owned())
+}
+
+/// Asserts the status and returns the JSON body.
+pub async fn json_of(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    body
+}
