@@ -60,7 +60,8 @@ pub(crate) fn token_pair(
     Ok(body)
 }
 
-async fn login(
+#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", request_body = crate::openapi::LoginRequest, responses((status = 200, body = crate::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     JsonBody(mut form): JsonBody,
@@ -143,7 +144,11 @@ pub(crate) fn profile_json(row: &ProfileRow) -> Value {
     })
 }
 
-async fn dashboard(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", security(("bearer" = [])), responses((status = 200, body = crate::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn dashboard(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<Json<Value>> {
     let row = &user.profile;
     let recent = history::page(&state.pool, user.user_id, None, 10).await?;
     Ok(Json(json!({
@@ -162,12 +167,13 @@ async fn dashboard(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
 }
 
 #[derive(Deserialize)]
-struct HistoryParams {
+pub(crate) struct HistoryParams {
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-async fn own_history(
+#[utoipa::path(get, path = "/accounts/api/history/", tag = "account", security(("bearer" = [])), params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "`next` of the previous page")), responses((status = 200, body = crate::openapi::HistoryPage), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn own_history(
     State(state): State<AppState>,
     user: AuthUser,
     Query(params): Query<HistoryParams>,

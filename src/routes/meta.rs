@@ -20,15 +20,18 @@ pub fn openapi_document() -> Value {
     serde_json::to_value(crate::openapi::document()).unwrap_or_else(|_| json!({}))
 }
 
-async fn spectacular() -> Json<Value> {
+#[utoipa::path(get, path = "/accounts/api/spectacular/", tag = "meta", responses((status = 200, description = "This OpenAPI 3 document")))]
+pub(crate) async fn spectacular() -> Json<Value> {
     Json(openapi_document())
 }
 
-async fn healthz() -> Json<Value> {
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The process is alive")))]
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "Ready"), (status = 503, description = "A dependency is failing; the body names it")))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = sqlx::query_scalar::<_, i32>("select 1")
         .fetch_one(&state.pool)
         .await

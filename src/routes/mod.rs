@@ -1,11 +1,11 @@
 //! The HTTP surface: one module per endpoint group, each with its own `router()`.
 
-mod account;
-mod meta;
-mod password;
-mod profile;
-mod registration;
-mod tokens;
+pub(crate) mod account;
+pub(crate) mod meta;
+pub(crate) mod password;
+pub(crate) mod profile;
+pub(crate) mod registration;
+pub(crate) mod tokens;
 
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -106,7 +106,8 @@ pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
     ApiError::internal(anyhow::anyhow!("command failed: {error}"))
 }
 
-async fn register(
+#[utoipa::path(post, path = "/accounts/api/registration/", tag = "registration", request_body = crate::openapi::RegistrationRequest, responses((status = 201, description = "Registered, or the address was registered already (then the owner is mailed a notice instead)", body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
     JsonBody(mut form): JsonBody,
@@ -186,7 +187,8 @@ async fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) -> Ap
     Ok(())
 }
 
-async fn resend_activation(
+#[utoipa::path(post, path = "/accounts/api/get/acctivation/token/", tag = "registration", description = "Also served at `/accounts/api/get/accttivation/token/` and `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only an existing inactive account is mailed a new link, which makes every older link invalid.", request_body = crate::openapi::ResendActivationRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn resend_activation(
     State(state): State<AppState>,
     meta: RequestMeta,
     JsonBody(mut form): JsonBody,
@@ -226,7 +228,8 @@ fn invalid_activation() -> ApiError {
     )
 }
 
-async fn activate(
+#[utoipa::path(post, path = "/accounts/api/verify/token/{uidb64}/{token}/", tag = "registration", description = "GET is 405, so mail scanners that open links activate nothing.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Invalid, expired, used or superseded link (code invalid_token)", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn activate(
     State(state): State<AppState>,
     meta: RequestMeta,
     Path((uidb64, token)): Path<(String, String)>,

@@ -22,7 +22,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-async fn refresh(
+#[utoipa::path(post, path = "/accounts/api/token/refresh/", tag = "session", description = "Rotation: the presented token is spent. Presenting a spent token again revokes the whole chain (401), except an immediate retry of the last rotation, which gets the same answer again.", request_body = crate::openapi::RefreshRequest, responses((status = 200, body = crate::openapi::TokenResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Invalid, expired, spent or revoked (code token_not_valid)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
     JsonBody(mut form): JsonBody,
@@ -65,7 +66,8 @@ async fn refresh(
     Ok(Json(Value::Object(body)))
 }
 
-async fn logout(
+#[utoipa::path(post, path = "/accounts/api/logout/", tag = "session", request_body = crate::openapi::RefreshRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Not a refresh token of ours", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+pub(crate) async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
     JsonBody(mut form): JsonBody,
@@ -90,6 +92,7 @@ async fn logout(
     }
 }
 
-async fn jwks(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "session", responses((status = 200, description = "JSON Web Key Set (OKP / Ed25519) that verifies access tokens")))]
+pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {
     Json(state.keys.jwks())
 }

@@ -61,9 +61,11 @@ async fn events_appended_while_no_relay_runs_are_published_once_it_starts() {
     }
     // Restarting the relay publishes nothing again.
     worker.stop().await;
-    let again = TestApp::start(settings, smtp, Roles::WORKER).await;
+    let again = TestApp::start(settings.clone(), smtp, Roles::WORKER).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(again.stream_messages().await.len() as i64, stored);
+    again.stop().await;
+    remove_resources(settings).await;
 }
 
 #[tokio::test]

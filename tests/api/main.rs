@@ -10,4 +10,5 @@ mod events;
 mod flow;
 mod links;
 mod login;
+mod meta;
 mod registration;

@@ -28,12 +28,44 @@ pub struct TestApp {
     pub js: jetstream::Context,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
+    /// Whether this app made its database, stream and data directory, and removes them on drop.
+    owns_resources: bool,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.owns_resources {
+            let settings = self.settings.clone();
+            // Drop runs inside the test's runtime: clean up on a thread with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(remove_resources(settings));
+            })
+            .join();
+        }
     }
+}
+
+/// Deletes a test's stream, database and data directory.
+pub async fn remove_resources(settings: Settings) {
+    if let Ok(nats) = async_nats::connect(settings.nats_url.as_str()).await {
+        let _ = jetstream::new(nats)
+            .delete_stream(&settings.nats_stream)
+            .await;
+    }
+    let mut url = url::Url::parse(&settings.database_url).unwrap();
+    let name = url.path().trim_start_matches('/').to_owned();
+    url.set_path("postgres");
+    if let Ok(pool) = PgPool::connect(url.as_str()).await {
+        let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+            .execute(&pool)
+            .await;
+    }
+    let _ = std::fs::remove_dir_all(&settings.data_dir);
 }
 
 fn database_url(name: &str) -> String {
@@ -70,7 +102,9 @@ impl TestApp {
         let smtp = SmtpSink::start().await;
         let mut settings = test_settings(&smtp).await;
         adjust(&mut settings);
-        Self::start(settings, smtp, Roles::ALL).await
+        let mut app = Self::start(settings, smtp, Roles::ALL).await;
+        app.owns_resources = true;
+        app
     }
 
     /// Starts a service on existing settings (e.g. a second process on the same database).
@@ -97,6 +131,7 @@ impl TestApp {
             js: jetstream::new(nats),
             shutdown,
             handle: Some(handle),
+            owns_resources: false,
         }
     }
 
