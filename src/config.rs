@@ -108,9 +108,15 @@ pub struct Settings {
     #[arg(long, env = "JWT_AUDIENCE", default_value = "accounts-api")]
     pub jwt_audience: String,
 
-    /// Ed25519 signing key (PKCS#8 PEM). Default: `<DATA_DIR>/signing-key.pem`, generated if missing.
+    /// Ed25519 signing key (PKCS#8 PEM) managed by the operator; it disables `keys rotate`.
+    /// When unset, keys live in `<DATA_DIR>/keyring.json`, generated on first start.
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+
+    /// After `keys rotate`, how long the new key is only published before it signs, in seconds
+    /// (so that JWKS caches have it before the first token it signs).
+    #[arg(long, env = "KEY_ROTATION_DELAY", default_value_t = 600)]
+    pub key_rotation_delay: u64,
 
     /// Secret for link and refresh-token HMACs (32 random bytes, hex). Default:
     /// `<DATA_DIR>/link.key`, generated if missing. Every process of a deployment needs the same.
@@ -129,6 +135,38 @@ pub struct Settings {
     #[arg(long, env = "PASSWORD_HASH_QUEUE_TIMEOUT_MS", default_value_t = 2_000)]
     pub password_hash_queue_timeout_ms: u64,
 
+    /// Most queued password hashes; past it a request is shed at once with 503 + `Retry-After`.
+    #[arg(long, env = "PASSWORD_HASH_MAX_QUEUE", default_value_t = 64)]
+    pub password_hash_max_queue: usize,
+
+    /// Failed logins in a row before an account's back-off starts.
+    #[arg(long, env = "LOGIN_FAILURE_LIMIT", default_value_t = 5)]
+    pub login_failure_limit: u32,
+
+    /// First back-off after LOGIN_FAILURE_LIMIT failures, in seconds; it doubles with each failure.
+    #[arg(long, env = "LOGIN_BACKOFF_BASE_SECS", default_value_t = 30)]
+    pub login_backoff_base_secs: u64,
+
+    /// Longest back-off, in seconds. It always expires by itself; a reset by e-mail clears it.
+    #[arg(long, env = "LOGIN_BACKOFF_MAX_SECS", default_value_t = 900)]
+    pub login_backoff_max_secs: u64,
+
+    /// Requests per minute one client IP may make to the unauthenticated endpoints.
+    #[arg(long, env = "IP_RATE_PER_MINUTE", default_value_t = 120)]
+    pub ip_rate_per_minute: u64,
+
+    /// Burst of requests one client IP may make to the unauthenticated endpoints.
+    #[arg(long, env = "IP_RATE_BURST", default_value_t = 30)]
+    pub ip_rate_burst: u32,
+
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; empty: none.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Longest a request may take before it is answered 503, in seconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
     /// How often readers (relay, projectors) poll when no wake-up arrives, in milliseconds.
     #[arg(long, env = "READER_POLL_MS", default_value_t = 1_000)]
     pub reader_poll_ms: u64,
@@ -145,10 +183,8 @@ impl Settings {
             .unwrap_or_else(|| self.data_dir.join("mail"))
     }
 
-    pub fn signing_key_file(&self) -> PathBuf {
-        self.signing_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("signing-key.pem"))
+    pub fn keyring_file(&self) -> PathBuf {
+        self.data_dir.join("keyring.json")
     }
 
     pub fn link_key_file(&self) -> PathBuf {

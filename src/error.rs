@@ -36,6 +36,9 @@ pub enum ApiError {
         detail: String,
         code: &'static str,
     },
+    /// Too many attempts: 429 with `Retry-After`.
+    #[error("throttled")]
+    Throttled { retry_after_secs: u64 },
     /// Shed load: 503 with `Retry-After`.
     #[error("overloaded")]
     Overloaded { retry_after_secs: u64 },
@@ -113,6 +116,7 @@ impl IntoResponse for ApiError {
                 detail,
                 code,
             } => (status, Json(json!({ "detail": detail, "code": code }))).into_response(),
+            ApiError::Throttled { retry_after_secs } => throttled(retry_after_secs),
             ApiError::Overloaded { retry_after_secs } => {
                 let mut response = (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -148,5 +152,20 @@ fn unauthorized(body: Value) -> Response {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"api\""),
     );
+    response
+}
+
+/// DRF's 429: `{"detail": "Request was throttled. Expected available in N seconds."}`.
+pub fn throttled(retry_after_secs: u64) -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        detail_body(&format!(
+            "Request was throttled. Expected available in {retry_after_secs} seconds."
+        )),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }

@@ -13,6 +13,7 @@
 //! - [`relay`]: publishes events to NATS JetStream.
 //! - [`mailer`]: the worker that sends the e-mails events call for.
 //! - [`wake`]: Postgres notifications that wake the readers.
+//! - [`throttle`]: per-account login back-off; [`http`]: HTTP hardening layers.
 //! - [`db`], [`secrets`], [`state`], [`openapi`]: plumbing.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod http;
 pub mod mailer;
 pub mod openapi;
 pub mod relay;
@@ -31,6 +33,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod wake;
 
 pub use config::Settings;

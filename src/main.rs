@@ -25,6 +25,18 @@ enum Command {
     Worker(Settings),
     /// Create the database if missing, apply the migrations, and exit.
     Migrate(Settings),
+    /// Manage the access-token signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Add a new signing key: published at once, signing after KEY_ROTATION_DELAY; the old key
+    /// stays published until the last token it signed has expired.
+    Rotate(Settings),
 }
 
 #[tokio::main]
@@ -35,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(s) => (s, Some(Roles::API)),
         Command::Worker(s) => (s, Some(Roles::WORKER)),
         Command::Migrate(s) => (s, None),
+        Command::Keys {
+            action: KeysAction::Rotate(s),
+        } => {
+            telemetry::init(s.log_format);
+            return startup::rotate_keys(&s);
+        }
     };
     telemetry::init(settings.log_format);
     let Some(roles) = roles else {

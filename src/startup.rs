@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::extract::MAX_BODY_BYTES;
 use crate::mailer::{self, Mailer};
 use crate::state::AppState;
+use crate::throttle::LoginThrottle;
 use crate::{db, relay, routes, wake};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -69,14 +70,16 @@ pub async fn prepare_database(settings: &Settings) -> anyhow::Result<sqlx::PgPoo
 impl Application {
     pub async fn build(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
         let pool = prepare_database(&settings).await?;
-        let keys = Keys::load_or_generate(
-            &settings.signing_key_file(),
+        let keys = Keys::load(
+            settings.signing_key_file.as_deref(),
+            &settings.keyring_file(),
             &settings.jwt_issuer,
             &settings.jwt_audience,
         )?;
         let links = LinkSigner::load_or_generate(&settings.link_key_file())?;
         let hasher = PasswordHasher::new(
             settings.hash_concurrency(),
+            settings.password_hash_max_queue,
             Duration::from_millis(settings.password_hash_queue_timeout_ms),
         )?;
         // Connects in the background and keeps retrying: the API works while NATS is away.
@@ -95,6 +98,12 @@ impl Application {
             None
         };
         let (wake_tx, wake_rx) = watch::channel(0u64);
+        let throttle = LoginThrottle::new(
+            pool.clone(),
+            settings.login_failure_limit,
+            Duration::from_secs(settings.login_backoff_base_secs),
+            Duration::from_secs(settings.login_backoff_max_secs),
+        );
         let state = AppState {
             users: Arc::new(CommandBus::new(pool.clone(), ())),
             sessions: Arc::new(CommandBus::new(pool.clone(), ())),
@@ -104,6 +113,7 @@ impl Application {
             keys: Arc::new(keys),
             links,
             projectors: Arc::new(projections::all()),
+            throttle,
             wake: Arc::new(wake_tx),
         };
         Ok(Self {
@@ -144,6 +154,7 @@ impl Application {
             (*state.wake).clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(reload_keys(state.keys.clone(), shutdown.clone()));
         if roles.projectors {
             for projector in state.projectors.iter() {
                 tasks.spawn(projections::run(
@@ -176,7 +187,14 @@ impl Application {
         if let Some(listener) = listener {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, "listening");
-            let app = http_app(state.clone());
+            let ip_limits = crate::http::ip_limit_config(&settings);
+            if let Some(config) = &ip_limits {
+                tasks.spawn(crate::http::prune_ip_limits(
+                    config.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            let app = http_app(state.clone(), ip_limits.map(crate::http::ip_limit_layer));
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -193,11 +211,47 @@ impl Application {
 }
 
 /// The router with the HTTP layers every request goes through.
-pub fn http_app(state: AppState) -> axum::Router {
+pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
-    routes::router(state)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    let settings = state.settings.clone();
+    let router = routes::router(state, ip_limit).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    crate::http::harden(router, &settings)
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Picks up key rotations made by `accounts keys rotate` (possibly in another process).
+async fn reload_keys(keys: Arc<Keys>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+        if let Err(error) = keys.reload() {
+            tracing::warn!(error = format!("{error:#}"), "cannot reload the keyring");
+        }
+    }
+}
+
+/// `accounts keys rotate`: adds a new signing key to the keyring (see [`crate::auth::keyring`]).
+pub fn rotate_keys(settings: &Settings) -> anyhow::Result<()> {
+    use crate::auth::keyring::StoredRing;
+    if settings.signing_key_file.is_some() {
+        anyhow::bail!("SIGNING_KEY_FILE is set: that key is managed outside this service");
+    }
+    let path = settings.keyring_file();
+    let mut ring = StoredRing::load_or_create(&path)?;
+    let now = chrono::Utc::now();
+    ring.rotate(
+        now,
+        chrono::Duration::seconds(settings.key_rotation_delay as i64),
+        chrono::Duration::seconds(settings.access_token_ttl as i64),
+    )?;
+    ring.write(&path)?;
+    tracing::info!(
+        signs_from = %(now + chrono::Duration::seconds(settings.key_rotation_delay as i64)),
+        "added a signing key; running processes pick it up within 30 s"
+    );
+    Ok(())
 }

@@ -25,6 +25,7 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub links: LinkSigner,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
+    pub throttle: crate::throttle::LoginThrottle,
     pub wake: Arc<watch::Sender<u64>>,
 }
 

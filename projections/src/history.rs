@@ -151,6 +151,9 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                     logged_out_at,
                     json!({"session_id": session_id}),
                 ),
+                SessionEvent::LoginFailed { user_id, failed_at } => {
+                    (user_id, "login_failed", failed_at, json!({}))
+                }
                 SessionEvent::Revoked {
                     user_id,
                     revoked_at,

@@ -1,18 +1,18 @@
-//! EdDSA (Ed25519) access tokens: signed with our key, verified with the algorithm pinned and
-//! `iss`, `aud`, `exp`, `nbf` and `token_type` checked. The public key is served as a JWKS.
+//! EdDSA (Ed25519) access tokens: signed with the current key of the ring, verified with the
+//! algorithm pinned, the `kid` looked up among the published keys, and `iss`, `aud`, `exp`, `nbf`
+//! and `token_type` checked. The published keys are served as a JWKS.
 
+use super::keyring::{StoredKey, StoredRing};
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::SigningKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use uuid::Uuid;
 
 pub const ACCESS: &str = "access";
@@ -34,44 +34,84 @@ pub struct AccessClaims {
     pub epoch: u32,
 }
 
-/// The signing key, its id, and how tokens are checked.
-pub struct Keys {
+struct Key {
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
-    public_x: String,
+    x: String,
+    sign_from: DateTime<Utc>,
+    publish_until: Option<DateTime<Utc>>,
+}
+
+impl Key {
+    fn from_stored(stored: &StoredKey) -> anyhow::Result<Self> {
+        let signing = stored.signing_key()?;
+        let public = signing.verifying_key().to_bytes();
+        let x = URL_SAFE_NO_PAD.encode(public);
+        Ok(Self {
+            kid: URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]),
+            encoding: EncodingKey::from_ed_pem(stored.pem.as_bytes()).context("signing key")?,
+            decoding: DecodingKey::from_ed_components(&x).context("verifying key")?,
+            x,
+            sign_from: stored.sign_from,
+            publish_until: stored.publish_until,
+        })
+    }
+
+    fn published(&self, now: DateTime<Utc>) -> bool {
+        self.publish_until.is_none_or(|until| now < until)
+    }
+}
+
+/// Where the keys come from.
+enum Source {
+    /// A PEM configured by the operator: one key, never rotated here.
+    Pem,
+    /// The keyring file, re-read by [`Keys::reload`] so rotations reach running processes.
+    Ring(PathBuf),
+}
+
+pub struct Keys {
+    keys: RwLock<Vec<Key>>,
+    source: Source,
     validation: Validation,
     issuer: String,
     audience: String,
 }
 
-impl Keys {
-    /// Reads the PKCS#8 PEM key at `path`, generating it first if the file does not exist.
-    pub fn load_or_generate(path: &Path, issuer: &str, audience: &str) -> anyhow::Result<Self> {
-        let signing = if path.exists() {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the signing key {}", path.display()))?;
-            SigningKey::from_pkcs8_pem(&pem)
-                .context("the signing key is not an Ed25519 PKCS#8 PEM")?
-        } else {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let pem = key
-                .to_pkcs8_pem(LineEnding::LF)
-                .context("cannot encode the signing key")?;
-            crate::secrets::write_private(path, pem.as_bytes())?;
-            tracing::info!(path = %path.display(), "generated a new signing key");
-            key
-        };
-        Self::from_signing_key(&signing, issuer, audience)
-    }
+fn read_pem(path: &Path) -> anyhow::Result<StoredKey> {
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the signing key {}", path.display()))?;
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    let key = StoredKey {
+        pem,
+        created_at: epoch,
+        sign_from: epoch,
+        publish_until: None,
+    };
+    key.signing_key()?;
+    Ok(key)
+}
 
-    fn from_signing_key(key: &SigningKey, issuer: &str, audience: &str) -> anyhow::Result<Self> {
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .context("cannot encode the signing key")?;
-        let public = key.verifying_key().to_bytes();
-        let public_x = URL_SAFE_NO_PAD.encode(public);
-        let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
+impl Keys {
+    /// The operator's PEM when `pem` is given, else the keyring at `ring` (created if missing).
+    pub fn load(
+        pem: Option<&Path>,
+        ring: &Path,
+        issuer: &str,
+        audience: &str,
+    ) -> anyhow::Result<Self> {
+        let (stored, source) = match pem {
+            Some(path) => (vec![read_pem(path)?], Source::Pem),
+            None => (
+                StoredRing::load_or_create(ring)?.keys,
+                Source::Ring(ring.to_owned()),
+            ),
+        };
+        let keys = stored
+            .iter()
+            .map(Key::from_stored)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -79,14 +119,33 @@ impl Keys {
         validation.validate_nbf = true;
         validation.leeway = 5;
         Ok(Self {
-            kid,
-            encoding: EncodingKey::from_ed_pem(pem.as_bytes()).context("signing key")?,
-            decoding: DecodingKey::from_ed_components(&public_x).context("verifying key")?,
-            public_x,
+            keys: RwLock::new(keys),
+            source,
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
+    }
+
+    /// Re-reads the keyring file (a rotation by another process); a no-op for a configured PEM.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let Source::Ring(path) = &self.source else {
+            return Ok(());
+        };
+        let Some(ring) = StoredRing::read(path)? else {
+            return Ok(());
+        };
+        let keys = ring
+            .keys
+            .iter()
+            .map(Key::from_stored)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !keys.is_empty() {
+            if let Ok(mut current) = self.keys.write() {
+                *current = keys;
+            }
+        }
+        Ok(())
     }
 
     pub fn issue(
@@ -110,33 +169,59 @@ impl Keys {
             sid: session_id,
             epoch,
         };
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| anyhow::anyhow!("keyring lock poisoned"))?;
+        // The newest key whose signing time has come.
+        let key = keys
+            .iter()
+            .filter(|k| k.sign_from <= now)
+            .max_by_key(|k| k.sign_from)
+            .context("no signing key is active yet")?;
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).context("cannot sign a token")
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &key.encoding).context("cannot sign a token")
     }
 
     /// The claims of a valid access token; `None` for anything else.
     pub fn verify(&self, token: &str) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::EdDSA || header.kid.as_deref() != Some(self.kid.as_str()) {
+        if header.alg != Algorithm::EdDSA {
             return None;
         }
+        let kid = header.kid?;
+        let keys = self.keys.read().ok()?;
+        let key = keys
+            .iter()
+            .find(|k| k.kid == kid && k.published(Utc::now()))?;
         let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
+            jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation).ok()?;
         (data.claims.token_type == ACCESS).then_some(data.claims)
     }
 
-    /// The JSON Web Key Set that verifies our access tokens.
+    /// The JSON Web Key Set of every published key.
     pub fn jwks(&self) -> Value {
-        json!({
-            "keys": [{
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "use": "sig",
-                "kid": self.kid,
-                "x": self.public_x,
-            }]
-        })
+        let now = Utc::now();
+        let keys: Vec<Value> = self
+            .keys
+            .read()
+            .map(|keys| {
+                keys.iter()
+                    .filter(|k| k.published(now))
+                    .map(|k| {
+                        json!({
+                            "kty": "OKP",
+                            "crv": "Ed25519",
+                            "alg": "EdDSA",
+                            "use": "sig",
+                            "kid": k.kid,
+                            "x": k.x,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({ "keys": keys })
     }
 }

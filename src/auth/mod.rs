@@ -3,6 +3,7 @@
 
 pub mod extractor;
 pub mod jwt;
+pub mod keyring;
 pub mod links;
 pub mod password;
 pub mod policy;

@@ -23,6 +23,9 @@ pub enum HashError {
 #[derive(Clone)]
 pub struct PasswordHasher {
     slots: Arc<Semaphore>,
+    /// Requests waiting for a slot; past `max_queue` new ones are shed at once.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queue: usize,
     queue_timeout: Duration,
     /// Verified against for unknown accounts, so they cost the same time as known ones.
     dummy_hash: Arc<String>,
@@ -49,21 +52,40 @@ fn verify_now(password: &str, hash: &str) -> anyhow::Result<bool> {
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize, queue_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        concurrency: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let dummy = hash_now("not a password anyone has: the dummy for unknown accounts")?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_queue,
             queue_timeout,
             dummy_hash: Arc::new(dummy),
         })
     }
 
     async fn slot(&self) -> Result<OwnedSemaphorePermit, HashError> {
-        tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| HashError::Busy)?
-            .context("hashing semaphore closed")
-            .map_err(HashError::Failed)
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        use std::sync::atomic::Ordering;
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        let result = if waiting >= self.max_queue {
+            Err(HashError::Busy)
+        } else {
+            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| HashError::Busy)
+                .and_then(|r| {
+                    r.context("hashing semaphore closed")
+                        .map_err(HashError::Failed)
+                })
+        };
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     #[tracing::instrument(skip_all)]
@@ -110,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_accounts_never_match() -> anyhow::Result<()> {
-        let hasher = PasswordHasher::new(2, Duration::from_secs(5))?;
+        let hasher = PasswordHasher::new(2, 8, Duration::from_secs(5))?;
         let password = SecretPassword::from("a long enough password");
         let hash = hasher.hash(&password).await.map_err(anyhow::Error::from)?;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));

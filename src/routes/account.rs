@@ -73,29 +73,30 @@ pub(crate) async fn login(
     };
     form.finish()?;
 
-    let user = match store::user_by_email(&state.pool, email.as_str()).await? {
-        Some(id) => Some(
-            state
-                .users
-                .load(&id.to_string())
-                .await
-                .map_err(aggregate_error)?,
-        ),
-        None => None,
+    let key = email.normalized();
+    if let Err(wait) = state.throttle.admit(&key).await? {
+        return Err(ApiError::Throttled {
+            retry_after_secs: wait.retry_after_secs,
+        });
+    }
+    let verified = verify_login(&state, &email, &password).await;
+    let (user, ok) = match verified {
+        Ok(found) => found,
+        Err(error) => {
+            // Release the admitted attempt without counting it as a failure.
+            state.throttle.succeeded(&key).await?;
+            return Err(error);
+        }
     };
-    let credential = user.as_ref().and_then(|u: &User| u.credential_id);
-    let hash = match credential {
-        Some(id) => store::password_hash(&state.pool, id).await?,
-        None => None,
-    };
-    let verified = state
-        .hasher
-        .verify(&password, hash)
-        .await
-        .map_err(hash_error)?;
-    let Some(user) = user.filter(|_| verified) else {
+    let known = user.as_ref().and_then(|u| u.id);
+    let Some(user) = user.filter(|_| ok) else {
+        state.throttle.failed(&key).await?;
+        if let Some(user_id) = known {
+            record_failure(&state, user_id, meta.clone());
+        }
         return Err(invalid_credentials());
     };
+    state.throttle.succeeded(&key).await?;
     let Some(user_id) = user.id else {
         return Err(invalid_credentials());
     };
@@ -129,6 +130,51 @@ pub(crate) async fn login(
         format!("Congrats {} your credentials verfied.", user.username).into(),
     );
     Ok(Json(Value::Object(body)))
+}
+
+/// Loads the account of `email` (if any) and verifies `password` against its current hash, or
+/// against the dummy hash when there is none, so both cases cost the same.
+async fn verify_login(
+    state: &AppState,
+    email: &Email,
+    password: &SecretString,
+) -> ApiResult<(Option<User>, bool)> {
+    let user = match store::user_by_email(&state.pool, email.as_str()).await? {
+        Some(id) => Some(
+            state
+                .users
+                .load(&id.to_string())
+                .await
+                .map_err(aggregate_error)?,
+        ),
+        None => None,
+    };
+    let hash = match user.as_ref().and_then(|u| u.credential_id) {
+        Some(id) => store::password_hash(&state.pool, id).await?,
+        None => None,
+    };
+    let ok = state
+        .hasher
+        .verify(password, hash)
+        .await
+        .map_err(hash_error)?;
+    Ok((user, ok))
+}
+
+/// Records a failed login for the owner's history, off the response path so that a known
+/// address answers as fast as an unknown one.
+fn record_failure(state: &AppState, user_id: Uuid, meta: RequestMeta) {
+    let sessions = state.sessions.clone();
+    tokio::spawn(async move {
+        let command = SessionCommand::RecordFailedLogin {
+            user_id,
+            now: Utc::now(),
+        };
+        let id = Uuid::new_v4().to_string();
+        if let Err(error) = sessions.execute(&id, command, &meta).await {
+            tracing::warn!(%error, "cannot record a failed login");
+        }
+    });
 }
 
 /// The profile fields of the contract, `""` when unset.

@@ -19,8 +19,22 @@ use serde_json::json;
 
 pub use meta::openapi_document;
 
+/// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
+const PUBLIC_WRITES: [&str; 10] = [
+    "/accounts/api/registration/",
+    "/accounts/api/get/acctivation/token/",
+    "/accounts/api/get/accttivation/token/",
+    "/accounts/api/get/activation/token/",
+    "/accounts/api/verify/token/{uidb64}/{token}/",
+    "/accounts/api/login/",
+    "/accounts/api/forget/password/",
+    "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+    "/accounts/api/token/refresh/",
+    "/accounts/api/logout/",
+];
+
 /// Every route, under its path with the trailing slash and without it.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> Router {
     let routes: Vec<(&str, MethodRouter<AppState>)> = [
         registration::routes(),
         account::routes(),
@@ -33,7 +47,10 @@ pub fn router(state: AppState) -> Router {
     .flatten()
     .collect();
     let mut router = Router::new();
-    for (path, method_router) in routes {
+    for (path, mut method_router) in routes {
+        if let (Some(layer), true) = (&ip_limit, PUBLIC_WRITES.contains(&path)) {
+            method_router = method_router.layer(layer.clone());
+        }
         router = router.route(path, method_router.clone());
         let bare = path.trim_end_matches('/');
         if bare != path && !bare.is_empty() {

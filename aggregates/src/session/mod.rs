@@ -34,6 +34,12 @@ pub enum SessionCommand {
     Logout {
         now: DateTime<Utc>,
     },
+    /// A wrong password for a known account. Recorded in a stream of its own (an attempt that
+    /// never became a session), so failures never lengthen any long-lived stream.
+    RecordFailedLogin {
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +73,10 @@ pub enum SessionEvent {
         reason: RevocationReason,
         revoked_at: DateTime<Utc>,
     },
+    LoginFailed {
+        user_id: Uuid,
+        failed_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for SessionEvent {
@@ -76,6 +86,7 @@ impl DomainEvent for SessionEvent {
             SessionEvent::Refreshed { .. } => "Refreshed",
             SessionEvent::LoggedOut { .. } => "LoggedOut",
             SessionEvent::Revoked { .. } => "Revoked",
+            SessionEvent::LoginFailed { .. } => "LoginFailed",
         }
         .to_owned()
     }
@@ -106,11 +117,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether a token of `generation` is the live one (or the grace retry of it) right now.
-    pub fn is_live(&self) -> bool {
-        self.user_id.is_some() && !self.ended
-    }
-
     pub fn decide(&self, command: SessionCommand) -> Result<Vec<SessionEvent>, SessionError> {
         match command {
             SessionCommand::Start {
@@ -165,6 +171,15 @@ impl Session {
                     }]);
                 }
                 Err(SessionError::InvalidToken)
+            }
+            SessionCommand::RecordFailedLogin { user_id, now } => {
+                if self.user_id.is_some() || self.ended {
+                    return Err(SessionError::AlreadyStarted);
+                }
+                Ok(vec![SessionEvent::LoginFailed {
+                    user_id,
+                    failed_at: now,
+                }])
             }
             SessionCommand::Logout { now } => {
                 let user_id = self.user_id.ok_or(SessionError::InvalidToken)?;
@@ -221,7 +236,9 @@ impl Aggregate for Session {
                 self.expires_at = Some(expires_at);
                 self.last_refreshed_at = Some(refreshed_at);
             }
-            SessionEvent::LoggedOut { .. } | SessionEvent::Revoked { .. } => self.ended = true,
+            SessionEvent::LoggedOut { .. }
+            | SessionEvent::Revoked { .. }
+            | SessionEvent::LoginFailed { .. } => self.ended = true,
         }
     }
 }

@@ -157,3 +157,32 @@ fn logout_ends_the_session_once() {
         .when(SessionCommand::Logout { now: t0() })
         .then_expect_error(SessionError::InvalidToken);
 }
+
+#[test]
+fn a_failed_login_is_recorded_in_a_stream_of_its_own() {
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(SessionCommand::RecordFailedLogin {
+            user_id: user(),
+            now: t0(),
+        })
+        .then_expect_events(vec![SessionEvent::LoginFailed {
+            user_id: user(),
+            failed_at: t0(),
+        }]);
+    SessionTest::with(())
+        .given(vec![started()])
+        .when(SessionCommand::RecordFailedLogin {
+            user_id: user(),
+            now: t0(),
+        })
+        .then_expect_error(SessionError::AlreadyStarted);
+    // A failed attempt is no session: nothing can refresh it.
+    SessionTest::with(())
+        .given(vec![SessionEvent::LoginFailed {
+            user_id: user(),
+            failed_at: t0(),
+        }])
+        .when(refresh(0, 0, t0()))
+        .then_expect_error(SessionError::InvalidToken);
+}

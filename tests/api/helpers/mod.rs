@@ -90,6 +90,9 @@ pub async fn test_settings(smtp: &SmtpSink) -> Settings {
     settings.default_link_base_url = RESET_BASE.into();
     settings.reader_poll_ms = 100;
     settings.database_max_connections = 30;
+    // Tests send bursts from one address; the per-IP limit has a test of its own.
+    settings.ip_rate_per_minute = 6_000_000;
+    settings.ip_rate_burst = 100_000;
     settings
 }
 
