@@ -172,6 +172,8 @@ pub(crate) async fn set_new_password(
     };
     match state.users.execute(&id, command, &meta).await {
         Ok(done) => {
+            // The mail proved ownership: any login back-off of the account ends here.
+            state.throttle.clear(&account.email.to_lowercase()).await?;
             state
                 .sync_read_models("User", &id, done.last_sequence())
                 .await?;

@@ -37,7 +37,7 @@ async fn the_openapi_document_covers_every_endpoint_with_its_bodies_and_errors()
     for (path, method) in expected {
         let operation = &doc["paths"][path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
-        assert!(operation["responses"].as_object().unwrap().len() >= 1);
+        assert!(!operation["responses"].as_object().unwrap().is_empty());
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for schema in [

@@ -26,6 +26,7 @@ pub struct TestApp {
     pub settings: Settings,
     pub smtp: SmtpSink,
     pub js: jetstream::Context,
+    keys: std::sync::Arc<accounts::auth::Keys>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
     /// Whether this app made its database, stream and data directory, and removes them on drop.
@@ -117,6 +118,7 @@ impl TestApp {
             .expect("the service builds");
         let port = app.port();
         let pool = app.state().pool.clone();
+        let keys = app.state().keys.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
@@ -132,6 +134,7 @@ impl TestApp {
             settings,
             smtp,
             js: jetstream::new(nats),
+            keys,
             shutdown,
             handle: Some(handle),
             owns_resources: false,
@@ -144,6 +147,11 @@ impl TestApp {
         if let Some(handle) = self.handle.take() {
             let _ = handle.await;
         }
+    }
+
+    /// Makes the running service re-read its keyring now (it also does every 30 s).
+    pub fn keys_reload(&self) {
+        self.keys.reload().unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
