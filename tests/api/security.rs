@@ -156,7 +156,8 @@ async fn existing_and_unknown_addresses_get_identical_answers_on_all_four_endpoi
         StatusCode::CREATED,
     )
     .await;
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> Value>)> = vec![
+    type BodyFor = Box<dyn Fn(&str) -> Value>;
+    let cases: Vec<(&str, BodyFor)> = vec![
         (
             "/accounts/api/registration/",
             Box::new(|email: &str| {
