@@ -73,6 +73,24 @@ impl AppState {
         Ok(())
     }
 
+    /// Runs a `User` command off the response path, so that how long a response takes says
+    /// nothing about whether an address is registered. A refusal by the aggregate is expected
+    /// (e.g. an already active account); anything else is logged.
+    pub fn execute_in_background(
+        &self,
+        user_id: uuid::Uuid,
+        command: aggregates::UserCommand,
+        meta: crate::extract::RequestMeta,
+    ) {
+        let users = self.users.clone();
+        tokio::spawn(async move {
+            match users.execute(&user_id.to_string(), command, &meta).await {
+                Ok(_) | Err(cqrs_es::AggregateError::UserError(_)) => {}
+                Err(error) => tracing::warn!(%error, "background command failed"),
+            }
+        });
+    }
+
     /// The base of an e-mailed link, if its origin is allow-listed: an absolute http(s) URL.
     pub fn link_base(&self, raw: &str) -> Option<String> {
         let url = Url::parse(raw.trim()).ok()?;

@@ -46,7 +46,20 @@ pub async fn page(
     .await
 }
 
-pub struct HistoryProjector;
+/// Projects into `table` under the checkpoint `name` (the live `user_history`, or a rebuild's copy).
+pub struct HistoryProjector {
+    name: String,
+    table: String,
+}
+
+impl HistoryProjector {
+    pub fn live() -> Self {
+        Self {
+            name: NAME.into(),
+            table: "user_history".into(),
+        }
+    }
+}
 
 /// What one event adds to a user's history.
 struct Entry {
@@ -178,8 +191,19 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
 
 #[async_trait]
 impl Projector for HistoryProjector {
-    fn name(&self) -> &'static str {
-        NAME
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn shadow(&self) -> std::sync::Arc<dyn Projector> {
+        std::sync::Arc::new(Self {
+            name: format!("{}_rebuild", self.name),
+            table: format!("{}_rebuild", self.table),
+        })
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
@@ -192,10 +216,11 @@ impl Projector for HistoryProjector {
         else {
             return Ok(());
         };
-        sqlx::query(
-            "insert into user_history (user_id, position, event, occurred_at, ip, user_agent, details)
+        sqlx::query(&format!(
+            "insert into {} (user_id, position, event, occurred_at, ip, user_agent, details)
              values ($1, $2, $3, $4, $5, $6, $7) on conflict (position) do nothing",
-        )
+            self.table
+        ))
         .bind(user_id)
         .bind(event.global_position)
         .bind(name)

@@ -4,6 +4,7 @@
 //! - [`runner`]: the [`Projector`] trait and the loop that drives one projector.
 //! - [`profile`]: the profile read model (also what token checks read).
 //! - [`history`]: the user-history read model.
+//! - [`rebuild`]: rebuilding a read model without a window of emptiness; readers' status.
 //!
 //! A projector writes its rows and its checkpoint in one transaction, so it resumes exactly where
 //! it stopped after a crash, and any process may run a catch-up at any time: the checkpoint row
@@ -13,6 +14,7 @@
 pub mod history;
 pub mod profile;
 pub mod reader;
+pub mod rebuild;
 pub mod runner;
 
 pub use reader::{Checkpoint, StoredEvent};
@@ -21,7 +23,7 @@ pub use runner::{catch_up, run, Projector};
 /// Every projector this crate provides, in a stable order.
 pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![
-        std::sync::Arc::new(profile::ProfileProjector),
-        std::sync::Arc::new(history::HistoryProjector),
+        std::sync::Arc::new(profile::ProfileProjector::live()),
+        std::sync::Arc::new(history::HistoryProjector::live()),
     ]
 }

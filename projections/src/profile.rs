@@ -41,24 +41,52 @@ pub async fn find(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Option
     .await
 }
 
-pub struct ProfileProjector;
+/// Projects into `table` under the checkpoint `name` (the live `profile`, or a rebuild's copy).
+pub struct ProfileProjector {
+    name: String,
+    table: String,
+}
+
+impl ProfileProjector {
+    pub fn live() -> Self {
+        Self {
+            name: NAME.into(),
+            table: "profile".into(),
+        }
+    }
+}
 
 #[async_trait]
 impl Projector for ProfileProjector {
-    fn name(&self) -> &'static str {
-        NAME
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn shadow(&self) -> std::sync::Arc<dyn Projector> {
+        std::sync::Arc::new(Self {
+            name: format!("{}_rebuild", self.name),
+            table: format!("{}_rebuild", self.table),
+        })
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
         match event.aggregate_type.as_str() {
-            "User" => apply_user(conn, event).await,
-            "Session" => apply_session(conn, event).await,
+            "User" => apply_user(conn, &self.table, event).await,
+            "Session" => apply_session(conn, &self.table, event).await,
             _ => Ok(()),
         }
     }
 }
 
-async fn apply_user(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+async fn apply_user(
+    conn: &mut PgConnection,
+    table: &str,
+    event: &StoredEvent,
+) -> anyhow::Result<()> {
     let user_id: Uuid = event.aggregate_id.parse()?;
     match event.decode::<UserEvent>()? {
         UserEvent::Registered {
@@ -67,10 +95,10 @@ async fn apply_user(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Res
             registered_at,
             ..
         } => {
-            sqlx::query(
-                "insert into profile (user_id, username, email, date_joined, version)
-                 values ($1, $2, $3, $4, $5) on conflict (user_id) do nothing",
-            )
+            sqlx::query(&format!(
+                "insert into {table} (user_id, username, email, date_joined, version)
+                 values ($1, $2, $3, $4, $5) on conflict (user_id) do nothing"
+            ))
             .bind(user_id)
             .bind(username)
             .bind(email)
@@ -80,18 +108,20 @@ async fn apply_user(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Res
             .await?;
         }
         UserEvent::Activated { .. } => {
-            sqlx::query("update profile set is_active = true where user_id = $1")
-                .bind(user_id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(&format!(
+                "update {table} set is_active = true where user_id = $1"
+            ))
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
         }
         UserEvent::ProfileUpdated { changes, .. } => {
-            sqlx::query(
-                "update profile set country = coalesce($2, country),
+            sqlx::query(&format!(
+                "update {table} set country = coalesce($2, country),
                         profession = coalesce($3, profession), bio = coalesce($4, bio),
                         thoughts = coalesce($5, thoughts), profile_img = coalesce($6, profile_img)
-                  where user_id = $1",
-            )
+                  where user_id = $1"
+            ))
             .bind(user_id)
             .bind(changes.country)
             .bind(changes.profession)
@@ -102,34 +132,42 @@ async fn apply_user(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Res
             .await?;
         }
         UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => {
-            sqlx::query("update profile set token_epoch = token_epoch + 1 where user_id = $1")
-                .bind(user_id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(&format!(
+                "update {table} set token_epoch = token_epoch + 1 where user_id = $1"
+            ))
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
         }
         UserEvent::ActivationLinkIssued { .. }
         | UserEvent::DuplicateRegistrationAttempted { .. }
         | UserEvent::PasswordResetRequested { .. } => {}
     }
-    sqlx::query("update profile set version = $2, updated_at = now() where user_id = $1")
-        .bind(user_id)
-        .bind(event.sequence)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(&format!(
+        "update {table} set version = $2, updated_at = now() where user_id = $1"
+    ))
+    .bind(user_id)
+    .bind(event.sequence)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-async fn apply_session(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+async fn apply_session(
+    conn: &mut PgConnection,
+    table: &str,
+    event: &StoredEvent,
+) -> anyhow::Result<()> {
     if let SessionEvent::Started {
         user_id,
         started_at,
         ..
     } = event.decode::<SessionEvent>()?
     {
-        sqlx::query(
-            "update profile set last_login = greatest(last_login, $2), updated_at = now()
-              where user_id = $1",
-        )
+        sqlx::query(&format!(
+            "update {table} set last_login = greatest(last_login, $2), updated_at = now()
+              where user_id = $1"
+        ))
         .bind(user_id)
         .bind(started_at)
         .execute(&mut *conn)

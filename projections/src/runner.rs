@@ -16,7 +16,13 @@ pub const BATCH_SIZE: i64 = 500;
 #[async_trait]
 pub trait Projector: Send + Sync {
     /// The checkpoint name, stable across releases.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
+
+    /// The table it writes.
+    fn table(&self) -> &str;
+
+    /// The same projector writing into `<table>_rebuild` under the checkpoint `<name>_rebuild`.
+    fn shadow(&self) -> Arc<dyn Projector>;
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
 }

@@ -112,11 +112,7 @@ pub(crate) async fn forgot_password(
             },
             now: Utc::now(),
         };
-        state
-            .users
-            .execute(&user_id.to_string(), command, &meta)
-            .await
-            .map_err(aggregate_error)?;
+        state.execute_in_background(user_id, command, meta);
     }
     Ok(msg("If this email address is registered, we have sent a password reset link to it. Please check your inbox."))
 }

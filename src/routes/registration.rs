@@ -150,12 +150,9 @@ pub(crate) async fn register(
     };
     let id = user_id.to_string();
     match state.users.execute(&id, command, &meta).await {
-        Ok(done) => {
-            state
-                .sync_read_models("User", &id, done.last_sequence())
-                .await?;
-            Ok(created)
-        }
+        // No read-your-writes wait here: nobody reads an inactive account, and the answer must
+        // take as long as the one for a registered address.
+        Ok(_) => Ok(created),
         Err(error) => {
             store::delete_credential(&state.pool, credential_id).await?;
             match sqlstate(&error).as_deref() {
@@ -179,11 +176,7 @@ async fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) -> Ap
         return Ok(());
     };
     let command = UserCommand::NoteDuplicateRegistration { now: Utc::now() };
-    state
-        .users
-        .execute(&owner.to_string(), command, meta)
-        .await
-        .map_err(aggregate_error)?;
+    state.execute_in_background(owner, command, meta.clone());
     Ok(())
 }
 

@@ -1,0 +1,119 @@
+//! What the benchmark binaries share: a running service on a fresh database and stream, and
+//! writing results into a marked block of a document.
+#![allow(dead_code)]
+
+use accounts::{Application, Roles, Settings};
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct BenchApp {
+    pub address: String,
+    pub settings: Settings,
+    pub pool: sqlx::PgPool,
+    pub shutdown: CancellationToken,
+}
+
+/// Settings on a fresh database, stream and data directory, with the abuse limits lifted (a
+/// benchmark sends far more from one address than any client should).
+pub fn bench_settings(tag: &str) -> anyhow::Result<Settings> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut settings = Settings::from_env()?;
+    let mut url = url::Url::parse(&settings.database_url)?;
+    url.set_path(&format!("accounts_bench_{tag}_{id}"));
+    settings.database_url = url.to_string();
+    settings.nats_stream = format!("BENCH_{id}");
+    settings.nats_subject_prefix = format!("b{id}");
+    settings.smtp_url = None;
+    settings.listen_addr = "127.0.0.1:0".parse()?;
+    settings.data_dir = std::env::temp_dir().join(format!("accounts-bench-{id}"));
+    settings.allowed_link_origins = vec!["http://app.test".into()];
+    settings.ip_rate_per_minute = 600_000_000;
+    settings.ip_rate_burst = 1_000_000;
+    settings.login_failure_limit = 1_000_000;
+    settings.database_max_connections = 40;
+    Ok(settings)
+}
+
+impl BenchApp {
+    pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+        let app = Application::build(settings.clone(), roles).await?;
+        let port = app.port().unwrap_or(0);
+        let pool = app.state().pool.clone();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = app.run(token).await {
+                eprintln!("service stopped: {error:#}");
+            }
+        });
+        Ok(Self {
+            address: format!("http://127.0.0.1:{port}"),
+            settings,
+            pool,
+            shutdown,
+        })
+    }
+
+    /// Stops the service and removes its database, stream and data directory.
+    pub async fn finish(self) {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.pool.close().await;
+        if let Ok(nats) = async_nats::connect(self.settings.nats_url.as_str()).await {
+            let _ = async_nats::jetstream::new(nats)
+                .delete_stream(&self.settings.nats_stream)
+                .await;
+        }
+        if let Ok(mut url) = url::Url::parse(&self.settings.database_url) {
+            let name = url.path().trim_start_matches('/').to_owned();
+            url.set_path("postgres");
+            if let Ok(pool) = sqlx::PgPool::connect(url.as_str()).await {
+                let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                    .execute(&pool)
+                    .await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.settings.data_dir);
+    }
+}
+
+/// Percentile (0–100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in `file`.
+pub fn write_block(file: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let start = format!("<!-- {name}:start -->");
+    let end = format!("<!-- {name}:end -->");
+    let block = format!("{start}\n{}\n{end}", body.trim_end());
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(s), Some(e)) if e > s => format!("{}{}{}", &text[..s], block, &text[e + end.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(file, new)?;
+    Ok(())
+}
+
+/// A one-line description of this machine for result tables.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores, {model}")
+}

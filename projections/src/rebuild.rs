@@ -1,0 +1,132 @@
+//! Rebuilding a read model from the event store, and the readers' status.
+//!
+//! A rebuild replays every event into a fresh copy of the table (`<table>_rebuild`, under its own
+//! checkpoint) while the live table keeps serving. To swap, it takes the live projector's
+//! checkpoint lock (the live projector pauses), lets the copy catch up, then replaces the live
+//! rows by the copy's and moves the live checkpoint in one transaction: readers see the old rows
+//! until the commit and the new ones after it, never an empty table, and no event is lost.
+
+use crate::reader::{self, Checkpoint};
+use crate::runner::{run_batch, Projector, BATCH_SIZE};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    pub projector: String,
+    pub events: u64,
+    pub seconds: f64,
+}
+
+impl RebuildReport {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Rebuilds `projector`'s table; `progress` is told how many events each batch applied.
+pub async fn rebuild(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<RebuildReport> {
+    let started = Instant::now();
+    let shadow = projector.shadow();
+    let (live_table, copy) = (projector.table(), shadow.table());
+    sqlx::query(&format!("drop table if exists {copy}"))
+        .execute(pool)
+        .await?;
+    sqlx::query(&format!(
+        "create table {copy} (like {live_table} including defaults including constraints including indexes)"
+    ))
+    .execute(pool)
+    .await?;
+    sqlx::query("delete from reader_checkpoint where name = $1")
+        .bind(shadow.name())
+        .execute(pool)
+        .await?;
+
+    let mut events = 0u64;
+    loop {
+        let applied = run_batch(pool, shadow.as_ref()).await? as u64;
+        events += applied;
+        progress(applied);
+        if applied < BATCH_SIZE as u64 {
+            break;
+        }
+    }
+
+    let mut swap = pool.begin().await?;
+    reader::lock_checkpoint(&mut swap, projector.name()).await?;
+    loop {
+        let applied = run_batch(pool, shadow.as_ref()).await? as u64;
+        events += applied;
+        progress(applied);
+        if applied == 0 {
+            break;
+        }
+    }
+    let checkpoint: Checkpoint = sqlx::query_as(
+        "select transaction_id::text as transaction_id, position
+           from reader_checkpoint where name = $1",
+    )
+    .bind(shadow.name())
+    .fetch_one(&mut *swap)
+    .await?;
+    sqlx::query(&format!("delete from {live_table}"))
+        .execute(&mut *swap)
+        .await?;
+    sqlx::query(&format!("insert into {live_table} select * from {copy}"))
+        .execute(&mut *swap)
+        .await?;
+    reader::save_checkpoint(&mut swap, projector.name(), &checkpoint).await?;
+    swap.commit().await?;
+
+    sqlx::query(&format!("drop table if exists {copy}"))
+        .execute(pool)
+        .await?;
+    sqlx::query("delete from reader_checkpoint where name = $1")
+        .bind(shadow.name())
+        .execute(pool)
+        .await?;
+    Ok(RebuildReport {
+        projector: projector.name().to_owned(),
+        events,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Where one reader (projector or relay) stands.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct ReaderStatus {
+    pub name: String,
+    pub position: i64,
+    /// Events committed but not yet handled by this reader.
+    pub behind: i64,
+    /// When the oldest of those was recorded: the reader's lag in time.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn status(pool: &PgPool) -> sqlx::Result<Vec<ReaderStatus>> {
+    sqlx::query_as(
+        "select c.name, c.position, c.updated_at,
+                (select count(*) from events e
+                  where (e.transaction_id, e.global_position) > (c.transaction_id, c.position)) as behind,
+                (select min(e.recorded_at) from events e
+                  where (e.transaction_id, e.global_position) > (c.transaction_id, c.position)) as oldest_pending
+           from reader_checkpoint c
+          order by c.name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many events the store holds (the size of a full rebuild).
+pub async fn event_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from events")
+        .fetch_one(pool)
+        .await
+}
