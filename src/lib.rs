@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
@@ -29,11 +30,13 @@ pub mod openapi;
 pub mod relay;
 pub mod routes;
 pub mod secrets;
+pub mod seed;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod timetravel;
 pub mod wake;
 
 pub use config::Settings;

@@ -1,6 +1,6 @@
 //! The one binary: `serve` runs every role in one process; `api`, `worker` and `migrate` run one.
 
-use accounts::{startup, telemetry, Application, Roles, Settings};
+use accounts::{cli, startup, telemetry, Application, Roles, Settings};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +25,52 @@ enum Command {
     Worker(Settings),
     /// Create the database if missing, apply the migrations, and exit.
     Migrate(Settings),
+    /// Rebuild or inspect the read models.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
+    /// Print an account as it stood at a past moment, folded from its events.
+    UserAt {
+        /// The user id or e-mail address.
+        #[arg(long)]
+        user: String,
+        /// The moment, RFC 3339 (e.g. 2026-03-01T00:00:00Z).
+        #[arg(long)]
+        at: chrono::DateTime<chrono::Utc>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Fill the event store with generated accounts and their history.
+    Seed {
+        /// How many accounts.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Spread their history over this many past days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Manage the access-token signing keys.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Replay the event store into a fresh copy of a read model (all when NAME is omitted) and
+    /// swap it in; readers never see an empty table.
+    Rebuild {
+        /// `profile` or `history`.
+        name: Option<String>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Show each reader's checkpoint and lag.
+    Status(Settings),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +94,20 @@ async fn main() -> anyhow::Result<()> {
             telemetry::init(s.log_format);
             return startup::rotate_keys(&s);
         }
+        Command::Projections { action } => {
+            return match action {
+                ProjectionsAction::Rebuild { name, settings } => {
+                    cli::rebuild(&settings, name.as_deref()).await
+                }
+                ProjectionsAction::Status(settings) => cli::status(&settings).await,
+            };
+        }
+        Command::UserAt { user, at, settings } => return cli::user_at(&settings, &user, at).await,
+        Command::Seed {
+            users,
+            days,
+            settings,
+        } => return cli::seed(&settings, users, days).await,
     };
     telemetry::init(settings.log_format);
     let Some(roles) = roles else {

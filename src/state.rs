@@ -73,18 +73,27 @@ impl AppState {
         Ok(())
     }
 
-    /// Runs a `User` command off the response path, so that how long a response takes says
-    /// nothing about whether an address is registered. A refusal by the aggregate is expected
-    /// (e.g. an already active account); anything else is logged.
-    pub fn execute_in_background(
+    /// Looks up the account of `email` and runs the command `make` builds for it, all off the
+    /// response path: the answer takes the same time whether or not the address is registered.
+    /// A refusal by the aggregate is expected (e.g. an already active account); anything else is
+    /// logged.
+    pub fn execute_for_email_in_background(
         &self,
-        user_id: uuid::Uuid,
-        command: aggregates::UserCommand,
+        email: String,
+        make: impl FnOnce(uuid::Uuid) -> aggregates::UserCommand + Send + 'static,
         meta: crate::extract::RequestMeta,
     ) {
-        let users = self.users.clone();
+        let (pool, users) = (self.pool.clone(), self.users.clone());
         tokio::spawn(async move {
-            match users.execute(&user_id.to_string(), command, &meta).await {
+            let owner = match crate::store::user_by_email(&pool, &email).await {
+                Ok(Some(owner)) => owner,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "background look-up failed");
+                    return;
+                }
+            };
+            match users.execute(&owner.to_string(), make(owner), &meta).await {
                 Ok(_) | Err(cqrs_es::AggregateError::UserError(_)) => {}
                 Err(error) => tracing::warn!(%error, "background command failed"),
             }

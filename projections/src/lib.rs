@@ -27,3 +27,8 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
         std::sync::Arc::new(history::HistoryProjector::live()),
     ]
 }
+
+/// The live projector called `name` (`profile`, `history`).
+pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn Projector>> {
+    all().into_iter().find(|p| p.name() == name)
+}

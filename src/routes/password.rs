@@ -103,17 +103,20 @@ pub(crate) async fn forgot_password(
         return Err(form.into_error());
     };
     form.finish()?;
-    if let Some(user_id) = store::user_by_email(&state.pool, email.as_str()).await? {
-        let command = UserCommand::RequestPasswordReset {
+    let ttl = Duration::seconds(state.settings.reset_link_ttl as i64);
+    let now = Utc::now();
+    state.execute_for_email_in_background(
+        email.as_str().to_owned(),
+        move |_| UserCommand::RequestPasswordReset {
             link: LinkIssue {
                 request_id: Uuid::new_v4(),
                 base_url: base,
-                ttl: Duration::seconds(state.settings.reset_link_ttl as i64),
+                ttl,
             },
-            now: Utc::now(),
-        };
-        state.execute_in_background(user_id, command, meta);
-    }
+            now,
+        },
+        meta,
+    );
     Ok(msg("If this email address is registered, we have sent a password reset link to it. Please check your inbox."))
 }
 

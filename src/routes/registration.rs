@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Form, JsonBody, RequestMeta};
 use crate::state::AppState;
 use crate::store;
-use aggregates::user::{LinkIssue, UserCommand, UserError};
+use aggregates::user::{LinkIssue, UserCommand};
 use aggregates::values::{Email, Username};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -157,7 +157,7 @@ pub(crate) async fn register(
             store::delete_credential(&state.pool, credential_id).await?;
             match sqlstate(&error).as_deref() {
                 Some(store::EMAIL_TAKEN) => {
-                    notify_owner(&state, &email, &meta).await?;
+                    notify_owner(&state, &email, &meta);
                     Ok(created)
                 }
                 Some(store::USERNAME_TAKEN) => Err(ApiError::field(
@@ -171,13 +171,13 @@ pub(crate) async fn register(
 }
 
 /// The address is registered already: the owner is told (at most once per interval).
-async fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) -> ApiResult<()> {
-    let Some(owner) = store::user_by_email(&state.pool, email.as_str()).await? else {
-        return Ok(());
-    };
-    let command = UserCommand::NoteDuplicateRegistration { now: Utc::now() };
-    state.execute_in_background(owner, command, meta.clone());
-    Ok(())
+fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) {
+    let now = Utc::now();
+    state.execute_for_email_in_background(
+        email.as_str().to_owned(),
+        move |_| UserCommand::NoteDuplicateRegistration { now },
+        meta.clone(),
+    );
 }
 
 #[utoipa::path(post, path = "/accounts/api/get/acctivation/token/", tag = "registration", description = "Also served at `/accounts/api/get/accttivation/token/` and `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only an existing inactive account is mailed a new link, which makes every older link invalid.", request_body = crate::openapi::ResendActivationRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
@@ -192,24 +192,20 @@ pub(crate) async fn resend_activation(
         return Err(form.into_error());
     };
     form.finish()?;
-    if let Some(user_id) = store::user_by_email(&state.pool, email.as_str()).await? {
-        let command = UserCommand::IssueActivationLink {
+    let ttl = Duration::seconds(state.settings.activation_link_ttl as i64);
+    let now = Utc::now();
+    state.execute_for_email_in_background(
+        email.as_str().to_owned(),
+        move |_| UserCommand::IssueActivationLink {
             link: LinkIssue {
                 request_id: Uuid::new_v4(),
                 base_url: base,
-                ttl: Duration::seconds(state.settings.activation_link_ttl as i64),
+                ttl,
             },
-            now: Utc::now(),
-        };
-        match state
-            .users
-            .execute(&user_id.to_string(), command, &meta)
-            .await
-        {
-            Ok(_) | Err(AggregateError::UserError(UserError::AlreadyActive)) => {}
-            Err(error) => return Err(aggregate_error(error)),
-        }
-    }
+            now,
+        },
+        meta,
+    );
     Ok(msg("We have send you account activation link at your registered email address. If you don't receive email than please make sure you have enter registered email address. Thank you!"))
 }
 

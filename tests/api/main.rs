@@ -4,10 +4,12 @@
 
 mod helpers;
 
+mod analytics;
 mod bad_input;
 mod concurrency;
 mod events;
 mod flow;
+mod history;
 mod jwt_attacks;
 mod links;
 mod login;

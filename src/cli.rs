@@ -1,0 +1,108 @@
+//! The operator commands beside the service roles: rebuilding and inspecting read models, time
+//! travel, and the data generator.
+
+use crate::auth::{PasswordHasher, SecretPassword};
+use crate::config::Settings;
+use crate::startup::prepare_database;
+use crate::{seed, store, timetravel};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+use uuid::Uuid;
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(&format!(
+        "{what} {{bar:40}} {{pos}}/{{len}} events, {{per_sec}}, eta {{eta}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// `accounts projections rebuild [NAME]`.
+pub async fn rebuild(settings: &Settings, name: Option<&str>) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let projectors = match name {
+        Some(name) => vec![projections::by_name(name)
+            .with_context(|| format!("no projector called {name} (try profile or history)"))?],
+        None => projections::all(),
+    };
+    for projector in projectors {
+        let total = projections::rebuild::event_count(&pool).await? as u64;
+        let progress = bar(total, projector.name());
+        let report =
+            projections::rebuild::rebuild(&pool, projector.as_ref(), |n| progress.inc(n)).await?;
+        progress.finish_and_clear();
+        println!(
+            "{}: rebuilt from {} events in {:.1} s ({:.0} events/s)",
+            report.projector,
+            report.events,
+            report.seconds,
+            report.events_per_second()
+        );
+    }
+    Ok(())
+}
+
+/// `accounts projections status`.
+pub async fn status(settings: &Settings) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    println!(
+        "{:<12} {:>12} {:>10} {:>12}  updated",
+        "reader", "position", "behind", "lag"
+    );
+    for reader in projections::rebuild::status(&pool).await? {
+        let lag = reader
+            .oldest_pending
+            .map(|t| {
+                format!(
+                    "{:.1} s",
+                    (Utc::now() - t).num_milliseconds() as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| "0 s".into());
+        println!(
+            "{:<12} {:>12} {:>10} {:>12}  {}",
+            reader.name, reader.position, reader.behind, lag, reader.updated_at
+        );
+    }
+    Ok(())
+}
+
+/// `accounts user-at --user <id or e-mail> --at <RFC 3339>`.
+pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let user_id = match Uuid::parse_str(user) {
+        Ok(id) => id,
+        Err(_) => store::user_by_email(&pool, user)
+            .await?
+            .with_context(|| format!("no account has the address {user}"))?,
+    };
+    match timetravel::user_as_of(&pool, user_id, at).await? {
+        Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
+        None => println!("{user_id} had not registered by {at}"),
+    }
+    Ok(())
+}
+
+/// `accounts seed --users N --days D`.
+pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let hasher = PasswordHasher::new(1, 1, Duration::from_secs(60))?;
+    let hash = hasher
+        .hash(&SecretPassword::from(seed::SEED_PASSWORD))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let progress = bar((users * 10) as u64, "seed");
+    let started = std::time::Instant::now();
+    let events = seed::seed(&pool, &hash, users, days, 42, |n| progress.inc(n as u64)).await?;
+    progress.finish_and_clear();
+    println!(
+        "seeded {users} users and {events} events in {:.1} s; their password is {:?}",
+        started.elapsed().as_secs_f64(),
+        seed::SEED_PASSWORD
+    );
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The data generator: fills the event store with `users` accounts and their history, written
+//! straight into `events` (the same rows the command path appends: real event types, serialised
+//! as postgres-es does, with metadata), for tests and benchmarks. Read models and the stream
+//! follow through the projectors and the relay like for any other event.
+
+use aggregates::session::SessionEvent;
+use aggregates::user::{ActivationMethod, ProfileChanges};
+use aggregates::{UserEvent, EVENT_VERSION};
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::DomainEvent;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The password every seeded account has (benchmarks log in with it).
+pub const SEED_PASSWORD: &str = "seeded accounts share this passphrase";
+const BATCH_ROWS: usize = 5_000;
+
+#[derive(Default)]
+struct Batch {
+    aggregate_type: Vec<&'static str>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    payload: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl Batch {
+    fn push<E: DomainEvent + Serialize>(
+        &mut self,
+        aggregate_type: &'static str,
+        id: &str,
+        sequence: i64,
+        event: &E,
+        metadata: &Value,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.aggregate_type.push(aggregate_type);
+        self.aggregate_id.push(id.to_owned());
+        self.sequence.push(sequence);
+        self.event_type.push(event.event_type());
+        self.payload.push(serde_json::to_value(event)?);
+        self.metadata.push(metadata.clone());
+        self.recorded_at.push(at);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.sequence.len()
+    }
+
+    async fn flush(&mut self, pool: &PgPool) -> anyhow::Result<usize> {
+        let n = self.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let versions = vec![EVENT_VERSION; n];
+        sqlx::query(
+            "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, recorded_at)
+             select * from unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                                  $6::jsonb[], $7::jsonb[], $8::timestamptz[])",
+        )
+        .bind(&self.aggregate_type)
+        .bind(&self.aggregate_id)
+        .bind(&self.sequence)
+        .bind(&self.event_type)
+        .bind(&versions)
+        .bind(&self.payload)
+        .bind(&self.metadata)
+        .bind(&self.recorded_at)
+        .execute(pool)
+        .await?;
+        *self = Batch::default();
+        Ok(n)
+    }
+}
+
+/// Generates `users` accounts with on average about ten events each, spread over the last `days`
+/// days; `progress` is told how many events each flush wrote. Returns the number of events.
+pub async fn seed(
+    pool: &PgPool,
+    password_hash: &str,
+    users: usize,
+    days: i64,
+    rng_seed: u64,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<usize> {
+    let mut rng = StdRng::seed_from_u64(rng_seed);
+    let now = Utc::now();
+    let mut batch = Batch::default();
+    let mut credentials: (Vec<Uuid>, Vec<Uuid>) = (Vec::new(), Vec::new());
+    let mut total = 0;
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    for n in 0..users {
+        let user_id = Uuid::now_v7();
+        let id = user_id.to_string();
+        let credential_id = Uuid::new_v4();
+        let username = format!("seed{run}{n}");
+        let email = format!("{username}@seed.example");
+        let meta = json!({
+            "ip": format!("10.{}.{}.{}", rng.gen_range(0..255), rng.gen_range(0..255), rng.gen_range(1..255)),
+            "user_agent": "seed/1.0",
+        });
+        let mut at = now - Duration::seconds(rng.gen_range(0..days.max(1) * 86_400));
+        let mut seq = 0i64;
+        let mut user_event = |batch: &mut Batch, event: UserEvent, at: DateTime<Utc>| {
+            seq += 1;
+            batch.push("User", &id, seq, &event, &meta, at)
+        };
+        user_event(
+            &mut batch,
+            UserEvent::Registered {
+                user_id,
+                username: username.clone(),
+                email: email.clone(),
+                credential_id,
+                registered_at: at,
+            },
+            at,
+        )?;
+        user_event(
+            &mut batch,
+            UserEvent::ActivationLinkIssued {
+                request_id: Uuid::new_v4(),
+                email: email.clone(),
+                username: username.clone(),
+                base_url: "http://localhost:3000/activate/".into(),
+                expires_at: at + Duration::days(1),
+                issued_at: at,
+            },
+            at,
+        )?;
+        credentials.0.push(credential_id);
+        credentials.1.push(user_id);
+        if rng.gen_bool(0.9) {
+            at += Duration::seconds(rng.gen_range(30..7_200));
+            user_event(
+                &mut batch,
+                UserEvent::Activated {
+                    method: ActivationMethod::Link,
+                    activated_at: at,
+                },
+                at,
+            )?;
+            if rng.gen_bool(0.5) {
+                at += Duration::minutes(rng.gen_range(1..600));
+                user_event(
+                    &mut batch,
+                    UserEvent::ProfileUpdated {
+                        changes: ProfileChanges {
+                            country: Some(
+                                ["Nepal", "India", "Kenya", "Peru", "Norway"][n % 5].into(),
+                            ),
+                            bio: Some(format!("seeded bio {n}")),
+                            ..Default::default()
+                        },
+                        updated_at: at,
+                    },
+                    at,
+                )?;
+            }
+            // Logins: each its own session stream, with a few refreshes and a logout.
+            for _ in 0..rng.gen_range(0..3) {
+                at += Duration::minutes(rng.gen_range(1..2_000));
+                let session_id = Uuid::new_v4();
+                let sid = session_id.to_string();
+                let mut sseq = 1;
+                batch.push(
+                    "Session",
+                    &sid,
+                    sseq,
+                    &SessionEvent::Started {
+                        session_id,
+                        user_id,
+                        token_epoch: 0,
+                        expires_at: at + Duration::days(7),
+                        started_at: at,
+                    },
+                    &meta,
+                    at,
+                )?;
+                for generation in 1..=rng.gen_range(0..4u32) {
+                    at += Duration::minutes(15);
+                    sseq += 1;
+                    batch.push(
+                        "Session",
+                        &sid,
+                        sseq,
+                        &SessionEvent::Refreshed {
+                            user_id,
+                            generation,
+                            expires_at: at + Duration::days(7),
+                            refreshed_at: at,
+                        },
+                        &meta,
+                        at,
+                    )?;
+                }
+                sseq += 1;
+                batch.push(
+                    "Session",
+                    &sid,
+                    sseq,
+                    &SessionEvent::LoggedOut {
+                        user_id,
+                        logged_out_at: at,
+                    },
+                    &meta,
+                    at,
+                )?;
+            }
+        }
+        if batch.len() >= BATCH_ROWS {
+            insert_credentials(pool, &mut credentials, password_hash).await?;
+            let written = batch.flush(pool).await?;
+            total += written;
+            progress(written);
+        }
+    }
+    insert_credentials(pool, &mut credentials, password_hash).await?;
+    let written = batch.flush(pool).await?;
+    progress(written);
+    Ok(total + written)
+}
+
+async fn insert_credentials(
+    pool: &PgPool,
+    (ids, users): &mut (Vec<Uuid>, Vec<Uuid>),
+    hash: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into credential (id, user_id, password_hash)
+         select id, user_id, $3 from unnest($1::uuid[], $2::uuid[]) as t(id, user_id)",
+    )
+    .bind(&*ids)
+    .bind(&*users)
+    .bind(hash)
+    .execute(pool)
+    .await?;
+    ids.clear();
+    users.clear();
+    Ok(())
+}

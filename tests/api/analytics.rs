@@ -1,0 +1,313 @@
+//! The analysts' interface: documented queries, the read-only role, rebuilds, time travel, seed.
+
+use crate::helpers::*;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::{PgPool, Row};
+
+/// The ```sql blocks of docs/ANALYTICS.md.
+fn documented_queries() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ANALYTICS.md")).unwrap();
+    doc.split("```sql")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Runs `sql` as the analyst role; `Err` with the database's message if refused.
+async fn as_analyst(pool: &PgPool, sql: &str) -> Result<usize, String> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("set local role accounts_analyst")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let result = sqlx::query(sql).fetch_all(&mut *tx).await;
+    tx.rollback().await.unwrap();
+    result.map(|rows| rows.len()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn every_documented_query_runs_as_the_analyst() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("alice", "alice@example.com").await;
+    app.post_authed(
+        "/accounts/api/update/profile/",
+        &access,
+        &json!({"country": "Nepal", "bio": "hi"}),
+    )
+    .await;
+    app.login("alice@example.com", "a wrong password").await;
+    json_of(
+        app.register("pending", "pending@example.com", PASSWORD)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let queries = documented_queries();
+    assert!(queries.len() >= 8, "{} queries", queries.len());
+    for sql in &queries {
+        as_analyst(&app.pool, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}\n{e}"));
+    }
+    // And they say what happened (registration and failed logins reach the models shortly).
+    eventually(|| async {
+        let funnel =
+            "select coalesce(sum(registered), 0)::int as r, coalesce(sum(activated), 0)::int as a
+                        from analytics.activation_funnel";
+        let failed = "select coalesce(sum(failed_logins), 0)::int as f from analytics.daily_logins";
+        let mut tx = app.pool.begin().await.unwrap();
+        sqlx::query("set local role accounts_analyst")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let row = sqlx::query(funnel).fetch_one(&mut *tx).await.unwrap();
+        let f: i32 = sqlx::query_scalar(failed)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        (row.get::<i32, _>("r"), row.get::<i32, _>("a"), f) == (2, 1, 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_analyst_is_refused_everything_outside_the_analytics_schema() {
+    let app = TestApp::spawn().await;
+    app.active_user("carol", "carol@example.com").await;
+    for sql in [
+        "select * from events",
+        "select * from public.user_identities",
+        "select password_hash from credential",
+        "select * from profile",
+        "select * from user_history",
+        "select * from login_throttle",
+        "select * from mail_sent",
+        "select * from reader_checkpoint",
+        "insert into analytics.users (user_id) values (gen_random_uuid())",
+    ] {
+        let refused = as_analyst(&app.pool, sql).await.expect_err(sql);
+        assert!(
+            refused.contains("permission denied") || refused.contains("cannot insert"),
+            "{sql}: {refused}"
+        );
+    }
+}
+
+/// Every row of the two read models, in a stable order, without bookkeeping columns.
+async fn read_models(pool: &PgPool) -> (Vec<String>, Vec<String>) {
+    let profiles = sqlx::query_scalar(
+        "select row(user_id, username, email, is_active, date_joined, last_login, country, profession,
+                    bio, thoughts, profile_img, token_epoch, version)::text from profile order by user_id",
+    )
+    .fetch_all(pool).await.unwrap();
+    let history = sqlx::query_scalar(
+        "select row(user_id, position, event, occurred_at, ip, user_agent, details)::text
+           from user_history order by position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (profiles, history)
+}
+
+async fn caught_up(app: &TestApp) {
+    eventually(|| async {
+        projections::rebuild::status(&app.pool)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.name != "relay")
+            .all(|r| r.behind == 0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rebuilt_read_model_equals_the_live_one() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("dora", "dora@example.com").await;
+    app.post_authed(
+        "/accounts/api/update/profile/",
+        &access,
+        &json!({"bio": "x"}),
+    )
+    .await;
+    app.change_password(&access, PASSWORD, NEW_PASSWORD).await;
+    json_of(
+        app.register("eli", "eli@example.com", PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    caught_up(&app).await;
+    let live = read_models(&app.pool).await;
+    assert!(!live.0.is_empty() && !live.1.is_empty());
+    for projector in projections::all() {
+        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_models(&app.pool).await, live);
+    let leftovers: i64 =
+        sqlx::query_scalar("select count(*) from pg_tables where tablename like '%_rebuild'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty_table() {
+    let app = TestApp::spawn().await;
+    let seeded = seed(&app, 300).await;
+    caught_up(&app).await;
+    let writers = join_all((0..30).map(|i| {
+        let app = &app;
+        async move {
+            app.register(
+                &format!("load{i}"),
+                &format!("load{i}@example.com"),
+                PASSWORD,
+            )
+            .await
+            .status()
+        }
+    }));
+    let reader = async {
+        let mut smallest = i64::MAX;
+        for _ in 0..100 {
+            let n: i64 = sqlx::query_scalar("select count(*) from profile")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            smallest = smallest.min(n);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        smallest
+    };
+    let rebuild = async {
+        for projector in projections::all() {
+            projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
+                .await
+                .unwrap();
+        }
+    };
+    let (statuses, smallest, ()) = tokio::join!(writers, reader, rebuild);
+    assert!(statuses.iter().all(|s| *s == 201));
+    assert!(
+        smallest >= seeded as i64,
+        "a reader saw {smallest} profiles"
+    );
+    caught_up(&app).await;
+    let live = read_models(&app.pool).await;
+    assert_eq!(
+        live.0.len(),
+        seeded + 30,
+        "every account is in the rebuilt model"
+    );
+    for projector in projections::all() {
+        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_models(&app.pool).await, live);
+}
+
+async fn seed(app: &TestApp, users: usize) -> usize {
+    let events = accounts::seed::seed(
+        &app.pool,
+        "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNhbHQ$aGFzaA",
+        users,
+        30,
+        7,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(events >= users * 3, "{events} events for {users} users");
+    users
+}
+
+#[tokio::test]
+async fn the_generator_fills_the_store_through_which_read_models_and_stream_follow() {
+    let app = TestApp::spawn().await;
+    seed(&app, 200).await;
+    caught_up(&app).await;
+    let profiles: i64 = sqlx::query_scalar("select count(*) from profile")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(profiles, 200);
+    let identities: i64 =
+        sqlx::query_scalar("select count(*) from user_identities where kind = 'email'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(identities, 200);
+    app.wait_for_relay().await;
+    assert_eq!(
+        app.stream_messages().await.len() as i64,
+        app.event_count().await
+    );
+}
+
+#[tokio::test]
+async fn time_travel_shows_a_profile_as_it_stood_then() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("tim", "tim@example.com").await;
+    app.post_authed(
+        "/accounts/api/update/profile/",
+        &access,
+        &json!({"country": "Peru", "bio": "first"}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    app.post_authed(
+        "/accounts/api/update/profile/",
+        &access,
+        &json!({"bio": "second"}),
+    )
+    .await;
+
+    let user_id = accounts::store::user_by_email(&app.pool, "tim@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    let then = accounts::timetravel::user_as_of(&app.pool, user_id, between)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (then.profile.country.as_str(), then.profile.bio.as_str()),
+        ("Peru", "first")
+    );
+    let now = accounts::timetravel::user_as_of(&app.pool, user_id, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.profile.bio, "second");
+    let before =
+        accounts::timetravel::user_as_of(&app.pool, user_id, between - chrono::Duration::days(1))
+            .await
+            .unwrap();
+    assert!(before.is_none());
+
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("set local role accounts_analyst")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let row = sqlx::query("select country, bio, is_active from analytics.profile_as_of($1, $2)")
+        .bind(user_id)
+        .bind(between)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("country"), "Peru");
+    assert_eq!(row.get::<String, _>("bio"), "first");
+    assert!(row.get::<bool, _>("is_active"));
+}
