@@ -6,7 +6,7 @@
 
 use crate::extract::RequestMeta;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
@@ -40,8 +40,20 @@ where
     A::Command: Clone,
 {
     pub fn new(pool: PgPool, services: A::Services) -> Self {
+        let upcasters: Vec<Box<dyn EventUpcaster>> = aggregates::upcast::STEPS
+            .iter()
+            .filter(|step| step.aggregate_type == A::TYPE)
+            .map(|step| {
+                Box::new(SemanticVersionEventUpcaster::new(
+                    step.event_type,
+                    step.to_version,
+                    Box::new(step.apply),
+                )) as Box<dyn EventUpcaster>
+            })
+            .collect();
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
+                .with_upcasters(upcasters),
             services,
         }
     }

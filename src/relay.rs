@@ -45,10 +45,11 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
 
 /// The public message: the event's facts (no secret is ever in an event) and where it came from.
 pub fn integration_event(event: &StoredEvent) -> Value {
+    let (version, _) = event.upcast();
     json!({
         "id": event.event_id(),
         "type": event.event_type,
-        "version": event.event_version,
+        "version": version,
         "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id,
         "sequence": event.sequence,
@@ -74,12 +75,14 @@ pub async fn publish_batch(
     let events = reader::read_after(&mut tx, &checkpoint, BATCH_SIZE).await?;
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
-        let payload = serde_json::to_vec(&integration_event(event))?;
+        let body = integration_event(event);
+        let version = body["version"].as_str().unwrap_or("1.0").to_owned();
+        let payload = serde_json::to_vec(&body)?;
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(event.event_id())
             .header("Accounts-Event-Type", event.event_type.as_str())
-            .header("Accounts-Event-Version", event.event_version.as_str());
+            .header("Accounts-Event-Version", version.as_str());
         let ack = js
             .send_publish(subject(prefix, event), message)
             .await

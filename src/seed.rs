@@ -5,7 +5,7 @@
 
 use aggregates::session::SessionEvent;
 use aggregates::user::{ActivationMethod, ProfileChanges};
-use aggregates::{UserEvent, EVENT_VERSION};
+use aggregates::UserEvent;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::DomainEvent;
 use rand::rngs::StdRng;
@@ -25,6 +25,7 @@ struct Batch {
     aggregate_id: Vec<String>,
     sequence: Vec<i64>,
     event_type: Vec<String>,
+    versions: Vec<String>,
     payload: Vec<Value>,
     metadata: Vec<Value>,
     recorded_at: Vec<DateTime<Utc>>,
@@ -44,6 +45,7 @@ impl Batch {
         self.aggregate_id.push(id.to_owned());
         self.sequence.push(sequence);
         self.event_type.push(event.event_type());
+        self.versions.push(event.event_version());
         self.payload.push(serde_json::to_value(event)?);
         self.metadata.push(metadata.clone());
         self.recorded_at.push(at);
@@ -59,7 +61,7 @@ impl Batch {
         if n == 0 {
             return Ok(0);
         }
-        let versions = vec![EVENT_VERSION; n];
+        let versions: Vec<String> = self.versions.clone();
         sqlx::query(
             "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                  payload, metadata, recorded_at)
@@ -178,6 +180,7 @@ pub async fn seed(
                     &SessionEvent::Started {
                         session_id,
                         user_id,
+                        method: aggregates::session::LoginMethod::Password,
                         token_epoch: 0,
                         expires_at: at + Duration::days(7),
                         started_at: at,

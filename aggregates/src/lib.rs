@@ -3,6 +3,7 @@
 //! - [`user`]: the `User` aggregate, one stream per account (registration, activation, profile,
 //!   password). Its stream stays short: logins do not land here.
 //! - [`session`]: the `Session` aggregate, one short stream per login (refresh-token chain).
+//! - [`upcast`]: how events stored in an older shape are read in the current one.
 //! - [`values`]: value types that cannot hold invalid input (`Username`, `Email`).
 //!
 //! Aggregates do no IO: the caller hashes passwords, checks HMACs, reads the clock and makes ids,
@@ -10,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod session;
+pub mod upcast;
 pub mod user;
 pub mod values;
 

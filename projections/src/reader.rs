@@ -29,9 +29,14 @@ impl StoredEvent {
         )
     }
 
-    /// The event's own fields: cqrs-es stores an enum as `{"<EventType>": {...}}`.
-    pub fn data(&self) -> &Value {
-        self.payload.get(&self.event_type).unwrap_or(&self.payload)
+    /// The event's own fields in the current shape (cqrs-es stores an enum as
+    /// `{"<EventType>": {...}}`).
+    pub fn data(&self) -> Value {
+        let (_, payload) = self.upcast();
+        match payload.get(&self.event_type) {
+            Some(data) => data.clone(),
+            None => payload,
+        }
     }
 
     /// A string from the command metadata (`ip`, `user_agent`, `request_id`).
@@ -39,9 +44,19 @@ impl StoredEvent {
         self.metadata.get(key).and_then(Value::as_str)
     }
 
-    /// Decodes the payload into the aggregate's event type.
+    /// Decodes the payload, upcast to the current shape, into the aggregate's event type.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.payload.clone())
+        serde_json::from_value(self.upcast().1)
+    }
+
+    /// The current version and shape of this event's payload (see `aggregates::upcast`).
+    pub fn upcast(&self) -> (String, Value) {
+        aggregates::upcast::upcast(
+            &self.aggregate_type,
+            &self.event_type,
+            &self.event_version,
+            self.payload.clone(),
+        )
     }
 }
 

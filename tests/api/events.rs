@@ -162,3 +162,75 @@ async fn no_password_hash_or_token_reaches_the_stream_or_the_event_store() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_login_stored_in_the_old_1_0_shape_still_loads_projects_and_publishes_as_2_0() {
+    let app = TestApp::spawn().await;
+    app.active_user("olden", "olden@example.com").await;
+    let user_id = accounts::store::user_by_email(&app.pool, "olden@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    // A session as the 1.0 code stored it: no `method`.
+    let session_id = uuid::Uuid::new_v4();
+    let now = chrono::Utc::now();
+    let old = serde_json::json!({"Started": {
+        "session_id": session_id, "user_id": user_id, "token_epoch": 0,
+        "expires_at": now + chrono::Duration::days(7), "started_at": now,
+    }});
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         values ('Session', $1, 1, 'Started', '1.0', $2, '{}')",
+    )
+    .bind(session_id.to_string())
+    .bind(&old)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // The command path loads it (through the upcaster) and rotates its refresh token.
+    let key = std::fs::read_to_string(app.settings.link_key_file()).unwrap();
+    let links =
+        accounts::auth::LinkSigner::load_or_generate(&app.settings.link_key_file()).unwrap();
+    assert!(!key.is_empty());
+    let token = links.refresh_token(session_id, 0);
+    json_of(app.refresh(&token).await, StatusCode::OK).await;
+
+    // The relay publishes it in the current shape.
+    app.wait_for_relay().await;
+    let message = app
+        .stream_messages()
+        .await
+        .into_iter()
+        .find(|m| {
+            m.headers.get("Nats-Msg-Id").map(|v| v.to_string())
+                == Some(format!("Session:{session_id}:1"))
+        })
+        .unwrap();
+    assert_eq!(
+        message
+            .headers
+            .get("Accounts-Event-Version")
+            .unwrap()
+            .to_string(),
+        "2.0"
+    );
+    let body: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(body["version"], "2.0");
+    assert_eq!(body["data"]["method"], "password", "{body}");
+
+    // And the projectors read it: the login is in the history and sets last_login.
+    eventually(|| async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from user_history where user_id = $1 and event = 'logged_in'
+               and details ->> 'session_id' = $2",
+        )
+        .bind(user_id)
+        .bind(session_id.to_string())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        n == 1
+    })
+    .await;
+}

@@ -49,11 +49,20 @@ pub enum RevocationReason {
     RefreshTokenReuse,
 }
 
+/// How a user proved who they are at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginMethod {
+    Password,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SessionEvent {
+    /// Version 2.0 added `method` (see `upcast`).
     Started {
         session_id: Uuid,
         user_id: Uuid,
+        method: LoginMethod,
         token_epoch: u32,
         expires_at: DateTime<Utc>,
         started_at: DateTime<Utc>,
@@ -92,7 +101,11 @@ impl DomainEvent for SessionEvent {
     }
 
     fn event_version(&self) -> String {
-        crate::EVENT_VERSION.to_owned()
+        match self {
+            SessionEvent::Started { .. } => "2.0",
+            _ => crate::EVENT_VERSION,
+        }
+        .to_owned()
     }
 }
 
@@ -132,6 +145,7 @@ impl Session {
                 Ok(vec![SessionEvent::Started {
                     session_id,
                     user_id,
+                    method: LoginMethod::Password,
                     token_epoch,
                     expires_at: now + ttl,
                     started_at: now,

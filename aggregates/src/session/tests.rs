@@ -20,6 +20,7 @@ fn started() -> SessionEvent {
     SessionEvent::Started {
         session_id: Uuid::from_u128(7),
         user_id: user(),
+        method: LoginMethod::Password,
         token_epoch: 0,
         expires_at: t0() + Duration::days(7),
         started_at: t0(),
