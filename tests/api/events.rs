@@ -234,3 +234,60 @@ async fn a_login_stored_in_the_old_1_0_shape_still_loads_projects_and_publishes_
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_example_consumer_replays_the_stream_from_the_start() {
+    let app = TestApp::spawn().await;
+    json_of(
+        app.register("ex", "ex@example.com", PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    app.wait_for_relay().await;
+    // `cargo test` builds the examples next to the test binaries' folder.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/consumer");
+    if !example.exists() {
+        // Only `cargo test` without a target filter builds the examples.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "--example", "consumer"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(built.success());
+    }
+    assert!(example.exists(), "{} was not built", example.display());
+    let args = vec![
+        "--nats-url".to_owned(),
+        app.settings.nats_url.clone(),
+        "--stream".to_owned(),
+        app.settings.nats_stream.clone(),
+        "--subject".to_owned(),
+        format!("{}.>", app.settings.nats_subject_prefix),
+        "--durable".to_owned(),
+        "example-test".to_owned(),
+        "--idle-exit-secs".to_owned(),
+        "2".to_owned(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example).args(args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(" Registered v1.0 "), "{stdout}");
+    assert!(stdout.contains(" ActivationLinkIssued v1.0 "), "{stdout}");
+    assert!(stdout.contains("handled 2 messages"), "{stdout}");
+}
