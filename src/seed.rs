@@ -168,7 +168,7 @@ pub async fn seed(
                 )?;
             }
             // Logins: each its own session stream, with a few refreshes and a logout.
-            for _ in 0..rng.gen_range(0..3) {
+            for _ in 0..rng.gen_range(0..5) {
                 at += Duration::minutes(rng.gen_range(1..2_000));
                 let session_id = Uuid::new_v4();
                 let sid = session_id.to_string();
