@@ -51,7 +51,9 @@ async fn main() -> anyhow::Result<()> {
     let pool = accounts::startup::prepare_database(&settings).await?;
     let hasher = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60))?;
     let hash = hasher
-        .hash(&accounts::auth::SecretPassword::from(accounts::seed::SEED_PASSWORD))
+        .hash(&accounts::auth::SecretPassword::from(
+            accounts::seed::SEED_PASSWORD,
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
@@ -65,7 +67,11 @@ async fn main() -> anyhow::Result<()> {
     let mut rebuild_rows = Vec::new();
     for projector in projections::all() {
         let report = projections::rebuild::rebuild(&pool, projector.as_ref(), |_| {}).await?;
-        eprintln!("rebuilt {} at {:.0} events/s", report.projector, report.events_per_second());
+        eprintln!(
+            "rebuilt {} at {:.0} events/s",
+            report.projector,
+            report.events_per_second()
+        );
         rebuild_rows.push(format!(
             "| rebuild `{}` | {:.0} events/s ({} events in {:.1} s) | {read_rate:.0} events/s | {:.2} |",
             report.projector,
@@ -131,11 +137,17 @@ async fn main() -> anyhow::Result<()> {
     let pool = accounts::db::connect(&settings.database_url, 4).await?;
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ANALYTICS.md"))?;
     let mut query_rows = Vec::new();
-    for sql in doc.split("```sql").skip(1).filter_map(|b| b.split("```").next()) {
+    for sql in doc
+        .split("```sql")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+    {
         let mut times = Vec::new();
         for _ in 0..3 {
             let mut tx = pool.begin().await?;
-            sqlx::query("set local role accounts_analyst").execute(&mut *tx).await?;
+            sqlx::query("set local role accounts_analyst")
+                .execute(&mut *tx)
+                .await?;
             let started = Instant::now();
             sqlx::query(sql.trim()).fetch_all(&mut *tx).await?;
             times.push(ms(started));
@@ -143,10 +155,23 @@ async fn main() -> anyhow::Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let first = sql.trim().lines().next().unwrap_or("").trim();
-        query_rows.push(format!("| `{}` … | {:.1} ms |", first.replace('|', "\\|"), times[1]));
+        query_rows.push(format!(
+            "| `{}` … | {:.1} ms |",
+            first.replace('|', "\\|"),
+            times[1]
+        ));
     }
     pool.close().await;
-    let cleanup = BenchApp::start(settings, Roles { api: false, relay: false, projectors: false, mailer: false }).await?;
+    let cleanup = BenchApp::start(
+        settings,
+        Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            mailer: false,
+        },
+    )
+    .await?;
     cleanup.finish().await;
 
     let text = format!(

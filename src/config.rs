@@ -167,6 +167,30 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Attempts at delivering one mail before it is recorded as failed.
+    #[arg(long, env = "MAIL_MAX_ATTEMPTS", default_value_t = 5)]
+    pub mail_max_attempts: u32,
+
+    /// Wait before the first retry of a mail, in seconds; it doubles with each attempt.
+    #[arg(long, env = "MAIL_RETRY_BASE_SECS", default_value_t = 5)]
+    pub mail_retry_base_secs: u64,
+
+    /// Run the relay (in `serve` and `worker`).
+    #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_relay: bool,
+
+    /// Run the projectors (in `serve` and `worker`).
+    #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_projectors: bool,
+
+    /// Run the mailer (in `serve` and `worker`).
+    #[arg(long, env = "RUN_MAILER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_mailer: bool,
+
+    /// `/readyz` fails when the relay or a projector lags more than this, in seconds.
+    #[arg(long, env = "READY_MAX_LAG_SECS", default_value_t = 60)]
+    pub ready_max_lag_secs: u64,
+
     /// How often readers (relay, projectors) poll when no wake-up arrives, in milliseconds.
     #[arg(long, env = "READER_POLL_MS", default_value_t = 1_000)]
     pub reader_poll_ms: u64,

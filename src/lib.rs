@@ -26,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod mailer;
+pub mod observe;
 pub mod openapi;
 pub mod relay;
 pub mod routes;

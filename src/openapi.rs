@@ -186,6 +186,7 @@ pub struct ErrorDetail {
         meta::spectacular,
         meta::healthz,
         meta::readyz,
+        meta::metrics,
     ),
     modifiers(&BearerAuth)
 )]

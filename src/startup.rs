@@ -115,6 +115,8 @@ impl Application {
             projectors: Arc::new(projections::all()),
             throttle,
             wake: Arc::new(wake_tx),
+            nats: nats.clone(),
+            background: tokio_util::task::TaskTracker::new(),
         };
         Ok(Self {
             listener,
@@ -155,7 +157,12 @@ impl Application {
             shutdown.clone(),
         ));
         tasks.spawn(reload_keys(state.keys.clone(), shutdown.clone()));
-        if roles.projectors {
+        crate::observe::handle();
+        tasks.spawn(crate::observe::watch_lag(
+            state.pool.clone(),
+            shutdown.clone(),
+        ));
+        if roles.projectors && settings.run_projectors {
             for projector in state.projectors.iter() {
                 tasks.spawn(projections::run(
                     state.pool.clone(),
@@ -166,7 +173,7 @@ impl Application {
                 ));
             }
         }
-        if roles.relay {
+        if roles.relay && settings.run_relay {
             tasks.spawn(relay::run(
                 state.pool.clone(),
                 js.clone(),
@@ -175,7 +182,7 @@ impl Application {
                 shutdown.clone(),
             ));
         }
-        if roles.mailer {
+        if roles.mailer && settings.run_mailer {
             let mailer = Mailer::new(state.pool.clone(), &settings, state.links.clone())?;
             tasks.spawn(mailer::run(
                 mailer,
@@ -206,6 +213,9 @@ impl Application {
             shutdown.cancelled().await;
         }
         while tasks.join_next().await.is_some() {}
+        // Commands still running off the response path (mail look-ups) finish before exit.
+        state.background.close();
+        state.background.wait().await;
         Ok(())
     }
 }
@@ -214,7 +224,9 @@ impl Application {
 pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let settings = state.settings.clone();
-    let router = routes::router(state, ip_limit).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let router = routes::router(state, ip_limit)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(crate::observe::track_http));
     crate::http::harden(router, &settings)
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -26,6 +26,10 @@ pub struct AppState {
     pub links: LinkSigner,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     pub throttle: crate::throttle::LoginThrottle,
+    pub nats: async_nats::Client,
+    /// Work started by a request that finishes after its response (see
+    /// `execute_for_email_in_background`); shutdown waits for it.
+    pub background: tokio_util::task::TaskTracker,
     pub wake: Arc<watch::Sender<u64>>,
 }
 
@@ -84,7 +88,7 @@ impl AppState {
         meta: crate::extract::RequestMeta,
     ) {
         let (pool, users) = (self.pool.clone(), self.users.clone());
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let owner = match crate::store::user_by_email(&pool, &email).await {
                 Ok(Some(owner)) => owner,
                 Ok(None) => return,

@@ -207,29 +207,59 @@ impl Projector for HistoryProjector {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let Some(Entry {
-            user_id,
-            name,
-            occurred_at,
-            details,
-        }) = entry(event)?
-        else {
+        self.apply_batch(conn, std::slice::from_ref(event)).await
+    }
+
+    /// One multi-row insert per batch.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let mut rows = Rows::default();
+        for event in events {
+            let Some(entry) = entry(event)? else {
+                continue;
+            };
+            rows.user_id.push(entry.user_id);
+            rows.position.push(event.global_position);
+            rows.event.push(entry.name);
+            rows.occurred_at.push(entry.occurred_at);
+            rows.ip.push(event.meta("ip").map(str::to_owned));
+            rows.user_agent
+                .push(event.meta("user_agent").map(str::to_owned));
+            rows.details.push(entry.details);
+        }
+        if rows.position.is_empty() {
             return Ok(());
-        };
+        }
         sqlx::query(&format!(
             "insert into {} (user_id, position, event, occurred_at, ip, user_agent, details)
-             values ($1, $2, $3, $4, $5, $6, $7) on conflict (position) do nothing",
+             select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
+                                  $5::text[], $6::text[], $7::jsonb[])
+             on conflict (position) do nothing",
             self.table
         ))
-        .bind(user_id)
-        .bind(event.global_position)
-        .bind(name)
-        .bind(occurred_at)
-        .bind(event.meta("ip"))
-        .bind(event.meta("user_agent"))
-        .bind(details)
+        .bind(&rows.user_id)
+        .bind(&rows.position)
+        .bind(&rows.event)
+        .bind(&rows.occurred_at)
+        .bind(&rows.ip)
+        .bind(&rows.user_agent)
+        .bind(&rows.details)
         .execute(conn)
         .await?;
         Ok(())
     }
+}
+
+#[derive(Default)]
+struct Rows {
+    user_id: Vec<Uuid>,
+    position: Vec<i64>,
+    event: Vec<&'static str>,
+    occurred_at: Vec<DateTime<Utc>>,
+    ip: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    details: Vec<Value>,
 }

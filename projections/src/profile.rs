@@ -82,12 +82,14 @@ impl Projector for ProfileProjector {
     }
 }
 
+/// One statement per event: the change it makes and the stream version it brings the row to.
 async fn apply_user(
     conn: &mut PgConnection,
     table: &str,
     event: &StoredEvent,
 ) -> anyhow::Result<()> {
     let user_id: Uuid = event.aggregate_id.parse()?;
+    let set_version = "version = $2, updated_at = now()";
     match event.decode::<UserEvent>()? {
         UserEvent::Registered {
             username,
@@ -96,33 +98,27 @@ async fn apply_user(
             ..
         } => {
             sqlx::query(&format!(
-                "insert into {table} (user_id, username, email, date_joined, version)
+                "insert into {table} (user_id, version, username, email, date_joined)
                  values ($1, $2, $3, $4, $5) on conflict (user_id) do nothing"
             ))
             .bind(user_id)
+            .bind(event.sequence)
             .bind(username)
             .bind(email)
             .bind(registered_at)
-            .bind(event.sequence)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::Activated { .. } => {
-            sqlx::query(&format!(
-                "update {table} set is_active = true where user_id = $1"
-            ))
-            .bind(user_id)
             .execute(&mut *conn)
             .await?;
         }
         UserEvent::ProfileUpdated { changes, .. } => {
             sqlx::query(&format!(
-                "update {table} set country = coalesce($2, country),
-                        profession = coalesce($3, profession), bio = coalesce($4, bio),
-                        thoughts = coalesce($5, thoughts), profile_img = coalesce($6, profile_img)
+                "update {table} set country = coalesce($3, country),
+                        profession = coalesce($4, profession), bio = coalesce($5, bio),
+                        thoughts = coalesce($6, thoughts), profile_img = coalesce($7, profile_img),
+                        {set_version}
                   where user_id = $1"
             ))
             .bind(user_id)
+            .bind(event.sequence)
             .bind(changes.country)
             .bind(changes.profession)
             .bind(changes.bio)
@@ -131,25 +127,23 @@ async fn apply_user(
             .execute(&mut *conn)
             .await?;
         }
-        UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => {
+        other => {
+            let change = match other {
+                UserEvent::Activated { .. } => "is_active = true,",
+                UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => {
+                    "token_epoch = token_epoch + 1,"
+                }
+                _ => "",
+            };
             sqlx::query(&format!(
-                "update {table} set token_epoch = token_epoch + 1 where user_id = $1"
+                "update {table} set {change} {set_version} where user_id = $1"
             ))
             .bind(user_id)
+            .bind(event.sequence)
             .execute(&mut *conn)
             .await?;
         }
-        UserEvent::ActivationLinkIssued { .. }
-        | UserEvent::DuplicateRegistrationAttempted { .. }
-        | UserEvent::PasswordResetRequested { .. } => {}
     }
-    sqlx::query(&format!(
-        "update {table} set version = $2, updated_at = now() where user_id = $1"
-    ))
-    .bind(user_id)
-    .bind(event.sequence)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

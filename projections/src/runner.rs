@@ -25,6 +25,18 @@ pub trait Projector: Send + Sync {
     fn shadow(&self) -> Arc<dyn Projector>;
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
+
+    /// Applies a batch in order; a projector may override it to write the batch in one go.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            self.apply(conn, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Handles one batch; returns how many events it applied.
@@ -32,9 +44,7 @@ pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Resu
     let mut tx = pool.begin().await?;
     let checkpoint = reader::lock_checkpoint(&mut tx, projector.name()).await?;
     let events = reader::read_after(&mut tx, &checkpoint, BATCH_SIZE).await?;
-    for event in &events {
-        projector.apply(&mut tx, event).await?;
-    }
+    projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {
         reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;
     }

@@ -73,6 +73,7 @@ impl PasswordHasher {
         }
         use std::sync::atomic::Ordering;
         let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!("password_hash_queue").set((waiting + 1) as f64);
         let result = if waiting >= self.max_queue {
             Err(HashError::Busy)
         } else {
@@ -84,7 +85,11 @@ impl PasswordHasher {
                         .map_err(HashError::Failed)
                 })
         };
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let left = self.queued.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("password_hash_queue").set(left.saturating_sub(1) as f64);
+        if matches!(result, Err(HashError::Busy)) {
+            metrics::counter!("password_hash_shed_total").increment(1);
+        }
         result
     }
 
@@ -95,7 +100,11 @@ impl PasswordHasher {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(|| hash_now(password.expose_secret()))
+            let started = std::time::Instant::now();
+            let hash = span.in_scope(|| hash_now(password.expose_secret()));
+            metrics::histogram!("password_hash_seconds", "op" => "hash")
+                .record(started.elapsed().as_secs_f64());
+            hash
         })
         .await
         .context("hashing task failed")?
@@ -117,7 +126,11 @@ impl PasswordHasher {
         let span = tracing::Span::current();
         let matches = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(|| verify_now(password.expose_secret(), &hash))
+            let started = std::time::Instant::now();
+            let matches = span.in_scope(|| verify_now(password.expose_secret(), &hash));
+            metrics::histogram!("password_hash_seconds", "op" => "verify")
+                .record(started.elapsed().as_secs_f64());
+            matches
         })
         .await
         .context("hashing task failed")?

@@ -109,9 +109,88 @@ impl Mailer {
             .bind(&event.id)
             .execute(&self.pool)
             .await?;
+        metrics::counter!("mails_sent_total", "kind" => mail.kind).increment(1);
         tracing::info!(kind = mail.kind, "mail sent");
         Ok(Outcome::Sent)
     }
+
+    /// Gives up on the mail of `payload` after its last attempt: recorded as failed, with the
+    /// event kept so that `accounts mail retry` can send it later.
+    pub async fn record_failure(
+        &self,
+        payload: &[u8],
+        attempts: i64,
+        error: &anyhow::Error,
+    ) -> anyhow::Result<()> {
+        let event: IntegrationEvent = serde_json::from_slice(payload)?;
+        let Some(mail) = compose(&event, &self.links)? else {
+            return Ok(());
+        };
+        let body: Value = serde_json::from_slice(payload)?;
+        sqlx::query(
+            "insert into mail_sent (event_id, kind, recipient, status, attempts, last_error, event)
+             values ($1, $2, $3, 'failed', $4, $5, $6)
+             on conflict (event_id) do update set status = 'failed', attempts = $4,
+                 last_error = $5, event = $6",
+        )
+        .bind(&event.id)
+        .bind(mail.kind)
+        .bind(&mail.to)
+        .bind(attempts as i32)
+        .bind(format!("{error:#}"))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        metrics::counter!("mails_failed_total", "kind" => mail.kind).increment(1);
+        tracing::error!(event_id = %event.id, kind = mail.kind, "mail failed after its last attempt");
+        Ok(())
+    }
+
+    /// Sends again the mails recorded as failed (all, or the one of `event_id`); returns how
+    /// many were sent.
+    pub async fn retry_failed(&self, event_id: Option<&str>) -> anyhow::Result<usize> {
+        let failed: Vec<(String, Value)> = sqlx::query_as(
+            "delete from mail_sent where status = 'failed' and ($1::text is null or event_id = $1)
+             returning event_id, event",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sent = 0;
+        for (id, event) in failed {
+            let payload = serde_json::to_vec(&event)?;
+            match self.handle(&payload).await {
+                Ok(Outcome::Sent) => sent += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(event_id = %id, error = format!("{error:#}"), "retry failed");
+                    self.record_failure(&payload, 1, &error).await?;
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// One mail given up on.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct FailedMail {
+    pub event_id: String,
+    pub kind: String,
+    pub recipient: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub claimed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The mails given up on, oldest first.
+pub async fn failed(pool: &PgPool) -> sqlx::Result<Vec<FailedMail>> {
+    sqlx::query_as(
+        "select event_id, kind, recipient, attempts, last_error, claimed_at
+           from mail_sent where status = 'failed' order by claimed_at",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// The durable consumer all mailer workers share.
@@ -174,6 +253,7 @@ async fn consume(
                 None => return Ok(()),
             },
         };
+        let attempt = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
         let ack = match mailer.handle(&message.payload).await {
             Ok(Outcome::Sent | Outcome::Skipped) => message.double_ack().await,
             Ok(Outcome::Busy) => {
@@ -181,10 +261,30 @@ async fn consume(
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await
             }
+            Err(error) if attempt >= i64::from(settings.mail_max_attempts) => {
+                if let Err(record) = mailer
+                    .record_failure(&message.payload, attempt, &error)
+                    .await
+                {
+                    tracing::warn!(error = format!("{record:#}"), "cannot record a failed mail");
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await
+                } else {
+                    message.double_ack().await
+                }
+            }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "mail not sent; will retry");
+                let delay = settings.mail_retry_base_secs.max(1) << (attempt - 1).min(10);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    attempt,
+                    delay,
+                    "mail not sent; will retry"
+                );
+                metrics::counter!("mails_retried_total").increment(1);
                 message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(delay))))
                     .await
             }
         };

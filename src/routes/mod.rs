@@ -58,6 +58,12 @@ pub fn router(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> R
         }
     }
     router
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui").url(
+                "/accounts/api/spectacular/openapi.json",
+                crate::openapi::document(),
+            ),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn(method_not_allowed))
         .with_state(state)
