@@ -3,6 +3,7 @@
 //!   order without projecting them];
 //! - `GET /accounts/api/history/` latency, next to [the same page read by a bare SQL query];
 //! - the analysts' documented queries, run as the analyst role.
+//!
 //! Writes docs/BENCHMARKS.md (block `dataset`).
 //!
 //! `cargo bench --bench dataset` (BENCH_USERS=N, default 100000).
