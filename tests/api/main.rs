@@ -14,5 +14,6 @@ mod jwt_attacks;
 mod links;
 mod login;
 mod meta;
+mod operations;
 mod registration;
 mod security;

@@ -124,9 +124,11 @@ impl TestApp {
         let handle = tokio::spawn(async move {
             app.run(token).await.expect("the service runs");
         });
-        let nats = async_nats::connect(settings.nats_url.as_str())
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(settings.nats_url.as_str())
             .await
-            .expect("NATS is up");
+            .expect("a NATS URL");
         TestApp {
             address: format!("http://127.0.0.1:{}", port.unwrap_or(0)),
             client: reqwest::Client::new(),
@@ -139,6 +141,11 @@ impl TestApp {
             handle: Some(handle),
             owns_resources: false,
         }
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn shutdown_now(&self) {
+        self.shutdown.cancel();
     }
 
     /// Stops the service and waits until every role has stopped.

@@ -61,6 +61,9 @@ impl CapturedMail {
 pub struct SmtpSink {
     pub port: u16,
     mails: Arc<Mutex<Vec<CapturedMail>>>,
+    /// How many more mails to refuse with a temporary error (451) before accepting again;
+    /// `usize::MAX` refuses until changed.
+    refusals: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -68,13 +71,23 @@ impl SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mails = Arc::new(Mutex::new(Vec::new()));
-        let store = mails.clone();
+        let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (store, refuse) = (mails.clone(), refusals.clone());
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(session(socket, store.clone()));
+                tokio::spawn(session(socket, store.clone(), refuse.clone()));
             }
         });
-        SmtpSink { port, mails }
+        SmtpSink {
+            port,
+            mails,
+            refusals,
+        }
+    }
+
+    /// Refuses the next `n` mails with `451` (a temporary failure).
+    pub fn refuse_next(&self, n: usize) {
+        self.refusals.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn all(&self) -> Vec<CapturedMail> {
@@ -112,7 +125,11 @@ impl SmtpSink {
     }
 }
 
-async fn session(socket: TcpStream, store: Arc<Mutex<Vec<CapturedMail>>>) {
+async fn session(
+    socket: TcpStream,
+    store: Arc<Mutex<Vec<CapturedMail>>>,
+    refusals: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let (reader, mut writer) = socket.into_split();
     let mut lines = BufReader::new(reader).lines();
     if writer.write_all(b"220 sink ESMTP\r\n").await.is_err() {
@@ -124,9 +141,21 @@ async fn session(socket: TcpStream, store: Arc<Mutex<Vec<CapturedMail>>>) {
         let reply: &[u8] = if upper.starts_with("EHLO") {
             b"250-sink\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("MAIL FROM:") {
-            from = address(&line);
-            to.clear();
-            b"250 OK\r\n"
+            use std::sync::atomic::Ordering;
+            let refused = refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                    0 => None,
+                    usize::MAX => Some(usize::MAX),
+                    n => Some(n - 1),
+                })
+                .is_ok();
+            if refused {
+                b"451 try again later\r\n"
+            } else {
+                from = address(&line);
+                to.clear();
+                b"250 OK\r\n"
+            }
         } else if upper.starts_with("RCPT TO:") {
             to.push(address(&line));
             b"250 OK\r\n"

@@ -1,0 +1,282 @@
+//! Operations in one process: documentation, metrics, readiness, request ids, mail faults,
+//! graceful shutdown.
+
+use crate::helpers::*;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn swagger_ui_and_the_yaml_spec_are_served_without_outside_network() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .client
+        .get(app.url("/accounts/api/spectacular/swagger-ui/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("unpkg.com") && !html.contains("cdn."),
+        "assets come from us"
+    );
+    let init = app
+        .client
+        .get(app.url("/accounts/api/spectacular/swagger-ui/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(init
+        .text()
+        .await
+        .unwrap()
+        .contains("/accounts/api/spectacular/openapi.json"));
+    let spec = json_of(
+        app.client
+            .get(app.url("/accounts/api/spectacular/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(spec["paths"]["/accounts/api/login/"].is_object());
+    let yaml = app
+        .client
+        .get(app.url("/accounts/api/spectacular/?format=yaml"))
+        .send()
+        .await
+        .unwrap();
+    assert!(yaml.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/yaml"));
+    let text = yaml.text().await.unwrap();
+    assert!(
+        text.starts_with("openapi: 3"),
+        "{}",
+        &text[..40.min(text.len())]
+    );
+    assert!(text.contains("/accounts/api/registration/:"));
+}
+
+#[tokio::test]
+async fn metrics_show_requests_hashing_lag_and_mails() {
+    let app = TestApp::spawn().await;
+    app.active_user("metric", "metric@example.com").await;
+    app.wait_for_mailer_idle().await;
+    let metrics = || async {
+        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    eventually(|| async {
+        metrics()
+            .await
+            .contains("reader_lag_events{reader=\"profile\"}")
+    })
+    .await;
+    let text = metrics().await;
+    for needle in [
+        "http_requests_total{method=\"POST\",route=\"/accounts/api/login/\",status=\"200\"}",
+        "http_request_duration_seconds_bucket{method=\"POST\",route=\"/accounts/api/login/\"",
+        "password_hash_seconds_bucket{op=\"verify\"",
+        "password_hash_seconds_bucket{op=\"hash\"",
+        "reader_lag_seconds{reader=\"relay\"}",
+        "mails_sent_total{kind=\"activation\"}",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_names_the_failing_part() {
+    let app = TestApp::spawn().await;
+    let ready = json_of(
+        app.client.get(app.url("/readyz")).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ready["checks"]["nats"], true);
+    assert!(ready["checks"]["lag"]["profile"].is_object());
+
+    let unreachable = TestApp::spawn_with(|s| s.nats_url = "nats://127.0.0.1:1".into()).await;
+    let body = json_of(
+        unreachable
+            .client
+            .get(unreachable.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(body["failing"], serde_json::json!(["nats"]));
+    // Writes are still accepted while NATS is away.
+    json_of(
+        unreachable
+            .register("nonats", "nonats@example.com", PASSWORD)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_request_id_comes_back_and_lands_in_the_events_and_history() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/accounts/api/registration/"))
+        .header("x-request-id", "req-1234-abcd")
+        .json(
+            &serde_json::json!({"username": "rid", "email": "rid@example.com", "password": PASSWORD,
+            "confirm_password": PASSWORD, "verification_base_url": LINK_BASE}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-1234-abcd");
+    let ids: Vec<Option<String>> =
+        sqlx::query_scalar("select metadata ->> 'request_id' from events")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(ids, vec![Some("req-1234-abcd".to_owned()); 2]);
+    // Without one, the service makes one and returns it.
+    let response = app.login("rid@example.com", "wrong password x").await;
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&made).is_ok());
+}
+
+#[tokio::test]
+async fn a_refused_mail_is_retried_with_back_off_and_sent_once() {
+    let app = TestApp::spawn_with(|s| {
+        s.mail_retry_base_secs = 1;
+        s.mail_max_attempts = 5;
+    })
+    .await;
+    app.smtp.refuse_next(2);
+    json_of(
+        app.register("retry", "retry@example.com", PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    app.smtp.wait_for("retry@example.com", "Activate").await;
+    app.wait_for_mailer_idle().await;
+    assert_eq!(app.smtp.to("retry@example.com").len(), 1);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("mails_retried_total"), "{text}");
+}
+
+#[tokio::test]
+async fn a_mail_failing_every_attempt_is_recorded_listed_and_retried_by_command() {
+    let app = TestApp::spawn_with(|s| {
+        s.mail_retry_base_secs = 1;
+        s.mail_max_attempts = 2;
+    })
+    .await;
+    app.smtp.refuse_next(usize::MAX);
+    json_of(
+        app.register("fail", "fail@example.com", PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    eventually(|| async {
+        !accounts::mailer::failed(&app.pool)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let failed = accounts::mailer::failed(&app.pool).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (
+            failed[0].kind.as_str(),
+            failed[0].recipient.as_str(),
+            failed[0].attempts
+        ),
+        ("activation", "fail@example.com", 2)
+    );
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("451"),
+        "{:?}",
+        failed[0].last_error
+    );
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("mails_failed_total{kind=\"activation\"}"),
+        "{text}"
+    );
+    assert!(app.smtp.to("fail@example.com").is_empty());
+
+    app.smtp.refuse_next(0);
+    let links =
+        accounts::auth::LinkSigner::load_or_generate(&app.settings.link_key_file()).unwrap();
+    let mailer = accounts::mailer::Mailer::new(app.pool.clone(), &app.settings, links).unwrap();
+    assert_eq!(mailer.retry_failed(None).await.unwrap(), 1);
+    assert_eq!(app.smtp.to("fail@example.com").len(), 1);
+    assert!(accounts::mailer::failed(&app.pool)
+        .await
+        .unwrap()
+        .is_empty());
+    let link = app
+        .smtp
+        .wait_for("fail@example.com", "Activate")
+        .await
+        .link();
+    json_of(app.activate_link(&link).await, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let app = TestApp::spawn_with(|s| s.password_hash_concurrency = Some(1)).await;
+    let requests = join_all((0..3).map(|i| {
+        let app = &app;
+        async move {
+            app.register(
+                &format!("late{i}"),
+                &format!("late{i}@example.com"),
+                PASSWORD,
+            )
+            .await
+            .status()
+        }
+    }));
+    let stop = async {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        app.shutdown_now();
+    };
+    let (statuses, ()) = tokio::join!(requests, stop);
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "{statuses:?}"
+    );
+    let value: Value = serde_json::json!(statuses.len());
+    assert_eq!(value, 3);
+}
