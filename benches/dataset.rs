@@ -28,8 +28,9 @@ async fn read_baseline(pool: &PgPool) -> anyhow::Result<(u64, f64)> {
     };
     let mut total = 0u64;
     loop {
-        let mut conn = pool.acquire().await?;
-        let events = projections::reader::read_after(&mut conn, &checkpoint, 500).await?;
+        let mut tx = pool.begin().await?;
+        let events = projections::reader::read_after(&mut tx, &checkpoint, 500).await?;
+        tx.commit().await?;
         for event in &events {
             let _decoded: Option<aggregates::UserEvent> = event.decode().ok();
         }

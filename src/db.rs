@@ -30,7 +30,7 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await
         .context("cannot connect to Postgres")

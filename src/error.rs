@@ -42,9 +42,12 @@ pub enum ApiError {
     /// Shed load: 503 with `Retry-After`.
     #[error("overloaded")]
     Overloaded { retry_after_secs: u64 },
+    /// The database is unreachable for now: 503 with `Retry-After`.
+    #[error("database unavailable")]
+    Unavailable,
     /// A bug or a failed dependency. Logged with its cause chain; the body shows nothing of it.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -66,14 +69,50 @@ impl ApiError {
         }
     }
 
+    /// An unexpected error; a database outage inside it still becomes a 503.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(error.into())
+        Self::from(error.into())
+    }
+}
+
+/// Whether a database error means "Postgres is away" (restarting, unreachable, pool empty)
+/// rather than a bug: those are answered 503 with `Retry-After`.
+pub fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 57P01-03: shutting down / cannot connect now; class 08: connection exceptions.
+            code.starts_with("57P") || code.starts_with("08")
+        }),
+        _ => false,
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if database_unavailable(&error) {
+            return Self::Unavailable;
+        }
         Self::Internal(error.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        let unavailable = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(database_unavailable)
+        });
+        if unavailable {
+            Self::Unavailable
+        } else {
+            Self::Internal(error)
+        }
     }
 }
 
@@ -129,6 +168,21 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+            }
+            ApiError::Unavailable => {
+                tracing::warn!("database unavailable");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "detail": "The service is temporarily unavailable. Please try again shortly.",
+                        "code": "service_unavailable",
+                    })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
                 response
             }
             ApiError::Internal(error) => {

@@ -109,6 +109,18 @@ pub async fn save_checkpoint(
     Ok(())
 }
 
+/// The reader's query. `events.` in the ORDER BY matters: unqualified, `transaction_id` would
+/// name the text column of the SELECT list, which sorts xids as strings ("10" before "9") and
+/// defeats the index.
+pub const READ_AFTER: &str =
+    "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at
+           from events
+          where (transaction_id, global_position) > ($1::text::xid8, $2)
+            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by events.transaction_id, events.global_position
+          limit $3";
+
 /// The next events after `checkpoint` whose transactions are certainly finished: an event of a
 /// transaction still running below the snapshot's xmin could commit later with a lower position.
 pub async fn read_after(
@@ -116,20 +128,12 @@ pub async fn read_after(
     checkpoint: &Checkpoint,
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEvent>> {
-    sqlx::query_as(
-        "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at
-           from events
-          where (transaction_id, global_position) > ($1::text::xid8, $2)
-            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          order by transaction_id, global_position
-          limit $3",
-    )
-    .bind(&checkpoint.transaction_id)
-    .bind(checkpoint.position)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(READ_AFTER)
+        .bind(&checkpoint.transaction_id)
+        .bind(checkpoint.position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
 
 /// Whether the reader `name` has handled the event at `(aggregate_type, aggregate_id, sequence)`.

@@ -120,6 +120,7 @@ pub async fn status(pool: &PgPool) -> sqlx::Result<Vec<ReaderStatus>> {
            from reader_checkpoint c
           order by c.name",
     )
+    .persistent(false)
     .fetch_all(pool)
     .await
 }

@@ -58,15 +58,28 @@ pub fn router(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> R
         }
     }
     router
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui").url(
-                "/accounts/api/spectacular/openapi.json",
-                crate::openapi::document(),
-            ),
-        )
+        .merge(swagger_ui())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(method_not_allowed))
         .with_state(state)
+}
+
+/// The interactive documentation, with its assets embedded in the binary (no outside network).
+/// Its page runs our own scripts and styles, so it gets a CSP that allows exactly those.
+fn swagger_ui() -> Router<AppState> {
+    Router::from(
+        utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui").url(
+            "/accounts/api/spectacular/openapi.json",
+            crate::openapi::document(),
+        ),
+    )
+    .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+             frame-ancestors 'none'",
+        ),
+    ))
 }
 
 async fn not_found() -> ApiError {

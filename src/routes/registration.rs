@@ -103,7 +103,17 @@ pub(crate) fn hash_error(error: crate::auth::password::HashError) -> ApiError {
 pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
     error: AggregateError<E>,
 ) -> ApiError {
-    ApiError::internal(anyhow::anyhow!("command failed: {error}"))
+    match error {
+        AggregateError::DatabaseConnectionError(inner) | AggregateError::UnexpectedError(inner)
+            if inner
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::error::database_unavailable) =>
+        {
+            ApiError::Unavailable
+        }
+        AggregateError::DatabaseConnectionError(_) => ApiError::Unavailable,
+        other => ApiError::internal(anyhow::anyhow!("command failed: {other}")),
+    }
 }
 
 #[utoipa::path(post, path = "/accounts/api/registration/", tag = "registration", request_body = crate::openapi::RegistrationRequest, responses((status = 201, description = "Registered, or the address was registered already (then the owner is mailed a notice instead)", body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]

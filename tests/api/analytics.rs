@@ -311,3 +311,33 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
     assert_eq!(row.get::<String, _>("bio"), "first");
     assert!(row.get::<bool, _>("is_active"));
 }
+
+#[tokio::test]
+async fn the_reader_walks_the_event_index_in_commit_order_without_sorting() {
+    let app = TestApp::spawn().await;
+    seed(&app, 300).await;
+    sqlx::query("analyze events")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let explain = format!(
+        "explain {}",
+        projections::reader::READ_AFTER
+            .replace("$1", "'0'")
+            .replace("$2", "0")
+            .replace("$3", "500")
+    );
+    let plan: Vec<String> = sqlx::query_scalar(&explain)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using events_reader_order"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("Sort"),
+        "the reader sorts instead of walking the index:\n{plan}"
+    );
+}

@@ -15,5 +15,6 @@ mod links;
 mod login;
 mod meta;
 mod operations;
+mod processes;
 mod registration;
 mod security;

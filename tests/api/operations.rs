@@ -280,3 +280,70 @@ async fn shutdown_lets_requests_in_flight_finish() {
     let value: Value = serde_json::json!(statuses.len());
     assert_eq!(value, 3);
 }
+
+/// Debian's Chromium, installed on first use on a machine that lacks it (these machines are
+/// ours to set up, as root, from Debian's packages).
+fn chromium() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/chromium");
+    if !path.exists() {
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(installed, "Chromium is needed: apt-get install chromium");
+    }
+    path
+}
+
+#[tokio::test]
+async fn the_swagger_ui_page_shows_every_endpoint_in_headless_chromium() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/accounts/api/spectacular/swagger-ui/");
+    let profile = std::env::temp_dir().join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
+    let browser = chromium();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    for path in [
+        "/accounts/api/registration/",
+        "/accounts/api/get/acctivation/token/",
+        "/accounts/api/verify/token/{uidb64}/{token}/",
+        "/accounts/api/login/",
+        "/accounts/api/dashboard/",
+        "/accounts/api/get/profile/",
+        "/accounts/api/update/profile/",
+        "/accounts/api/change/password/",
+        "/accounts/api/forget/password/",
+        "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+        "/accounts/api/token/refresh/",
+        "/accounts/api/logout/",
+        "/accounts/api/history/",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "{path} not shown; page:\n{}",
+            &dom[..dom.len().min(2000)]
+        );
+    }
+}

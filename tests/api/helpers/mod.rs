@@ -355,18 +355,27 @@ impl TestApp {
 }
 
 /// Polls `check` until it holds, for at most 20 seconds.
-pub async fn eventually<F, Fut>(mut check: F)
+pub async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..400 {
+    eventually_within(20, check).await
+}
+
+/// Polls `check` until it holds, for at most `secs` seconds.
+pub async fn eventually_within<F, Fut>(secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 20 {
         if check().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("condition not reached in 20 s");
+    panic!("condition not reached in {secs} s");
 }
 
 /// `(uidb64, token)` of a link `<base><uidb64>/<token>/`.

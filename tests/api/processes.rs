@@ -1,0 +1,382 @@
+//! Real processes of the binary: several APIs and workers on one Postgres and one NATS, killed
+//! workers, a restarted NATS.
+
+use crate::helpers::*;
+use accounts::Settings;
+use futures::stream::{self, StreamExt};
+use reqwest::StatusCode;
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The tests here start several processes each: one at a time is all a small machine takes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A child process of the binary, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", settings.database_url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", "10".into()),
+        ("NATS_URL", settings.nats_url.clone()),
+        ("NATS_STREAM", settings.nats_stream.clone()),
+        ("NATS_SUBJECT_PREFIX", settings.nats_subject_prefix.clone()),
+        ("MAILER_CONSUMER", settings.mailer_consumer.clone()),
+        ("SMTP_URL", settings.smtp_url.clone().unwrap_or_default()),
+        ("DATA_DIR", settings.data_dir.display().to_string()),
+        (
+            "ALLOWED_LINK_ORIGINS",
+            settings.allowed_link_origins.join(","),
+        ),
+        ("READER_POLL_MS", "100".into()),
+        ("IP_RATE_PER_MINUTE", "6000000".into()),
+        ("IP_RATE_BURST", "100000".into()),
+        ("RUST_LOG", "warn".into()),
+        // These tests load a 2-core machine with several processes: queue rather than shed.
+        ("PASSWORD_HASH_QUEUE_TIMEOUT_MS", "60000".into()),
+    ]
+}
+
+/// Starts `accounts <role>`; for `api` and `serve`, waits until it answers on its port.
+async fn start(settings: &Settings, role: &str, extra: &[(&str, &str)]) -> (Proc, Option<String>) {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_accounts"));
+    command
+        .arg(role)
+        .envs(env_of(settings))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    let proc = Proc(command.spawn().unwrap());
+    if role == "worker" {
+        return (proc, None);
+    }
+    let address = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    eventually_within(90, || async {
+        client
+            .get(format!("{address}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    (proc, Some(address))
+}
+
+/// Settings for a set of processes sharing one database, stream and data directory, with the
+/// database migrated and the keys made before any process starts.
+async fn shared_settings(smtp: &SmtpSink) -> Settings {
+    let settings = test_settings(smtp).await;
+    accounts::startup::prepare_database(&settings)
+        .await
+        .unwrap();
+    accounts::auth::LinkSigner::load_or_generate(&settings.link_key_file()).unwrap();
+    accounts::auth::Keys::load(None, &settings.keyring_file(), "accounts", "accounts-api").unwrap();
+    settings
+}
+
+async fn register_many(
+    client: &reqwest::Client,
+    apis: &[String],
+    range: std::ops::Range<usize>,
+    tag: &str,
+) -> Vec<StatusCode> {
+    stream::iter(range)
+        .map(|i| {
+            let url = format!("{}/accounts/api/registration/", apis[i % apis.len()]);
+            let body = serde_json::json!({"username": format!("{tag}{i}"), "email": format!("{tag}{i}@example.com"),
+                "password": PASSWORD, "confirm_password": PASSWORD, "verification_base_url": LINK_BASE});
+            let client = client.clone();
+            async move { client.post(url).json(&body).send().await.map(|r| r.status()).unwrap_or(StatusCode::BAD_GATEWAY) }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// Waits until the stream holds every event of the store, then checks each is there once.
+async fn every_event_published_once(app: &TestApp) {
+    app.wait_for_relay().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = app.stream_messages().await;
+    let ids: HashSet<String> = messages
+        .iter()
+        .map(|m| m.headers.get("Nats-Msg-Id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), messages.len(), "a message was published twice");
+    assert_eq!(
+        messages.len() as i64,
+        app.event_count().await,
+        "an event was not published"
+    );
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn two_apis_and_two_workers_handle_a_thousand_registrations_exactly_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let smtp = SmtpSink::start().await;
+    let settings = shared_settings(&smtp).await;
+    let (_api1, a1) = start(&settings, "api", &[]).await;
+    let (_api2, a2) = start(&settings, "api", &[]).await;
+    let (_w1, _) = start(&settings, "worker", &[]).await;
+    let (_w2, _) = start(&settings, "worker", &[]).await;
+    let observer = TestApp::start(
+        settings.clone(),
+        smtp.clone(),
+        accounts::Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            mailer: false,
+        },
+    )
+    .await;
+
+    let apis = vec![a1.unwrap(), a2.unwrap()];
+    let statuses = register_many(&reqwest::Client::new(), &apis, 0..1000, "many").await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "{:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != StatusCode::CREATED)
+            .collect::<Vec<_>>()
+    );
+
+    assert_eq!(
+        count(
+            &observer,
+            "select count(*) from events where event_type = 'Registered'"
+        )
+        .await,
+        1000
+    );
+    eventually_within(90, || async {
+        count(&observer, "select count(*) from profile").await == 1000
+    })
+    .await;
+    eventually_within(90, || async {
+        count(&observer, "select count(*) from user_history").await == 2000
+    })
+    .await;
+    every_event_published_once(&observer).await;
+    eventually_within(90, || async { smtp.all().len() >= 1000 }).await;
+    observer.wait_for_mailer_idle().await;
+    let mails = smtp.all();
+    let recipients: HashSet<String> = mails.iter().flat_map(|m| m.to.clone()).collect();
+    assert_eq!(
+        (mails.len(), recipients.len()),
+        (1000, 1000),
+        "every activation mail once"
+    );
+    remove_resources(settings).await;
+}
+
+#[tokio::test]
+async fn killing_a_worker_lets_the_other_take_over_without_loss_or_duplicates() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let smtp = SmtpSink::start().await;
+    let settings = shared_settings(&smtp).await;
+    let (_api, address) = start(&settings, "api", &[]).await;
+    let apis = vec![address.unwrap()];
+    let (first, _) = start(&settings, "worker", &[]).await;
+    let (_second, _) = start(&settings, "worker", &[]).await;
+    let observer = TestApp::start(
+        settings.clone(),
+        smtp.clone(),
+        accounts::Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            mailer: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    register_many(&client, &apis, 0..60, "kill").await;
+    first.kill();
+    let statuses = register_many(&client, &apis, 60..120, "kill").await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED));
+    eventually_within(90, || async {
+        count(&observer, "select count(*) from profile").await == 120
+    })
+    .await;
+    eventually_within(90, || async {
+        count(&observer, "select count(*) from user_history").await == 240
+    })
+    .await;
+    every_event_published_once(&observer).await;
+    eventually_within(90, || async { smtp.all().len() >= 120 }).await;
+    observer.wait_for_mailer_idle().await;
+    // A mail in flight at the kill may go twice; no other.
+    assert!(smtp.all().len() <= 121, "{} mails", smtp.all().len());
+    remove_resources(settings).await;
+}
+
+#[tokio::test]
+async fn a_mailer_killed_mid_batch_sends_every_mail_and_at_most_one_twice() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let smtp = SmtpSink::start().await;
+    let settings = shared_settings(&smtp).await;
+    let (_api, address) = start(&settings, "api", &[]).await;
+    let apis = vec![address.unwrap()];
+    let observer = TestApp::start(
+        settings.clone(),
+        smtp.clone(),
+        accounts::Roles {
+            api: false,
+            relay: true,
+            projectors: true,
+            mailer: false,
+        },
+    )
+    .await;
+    register_many(&reqwest::Client::new(), &apis, 0..150, "mail").await;
+    observer.wait_for_relay().await;
+    let mailer_only = [("RUN_RELAY", "false"), ("RUN_PROJECTORS", "false")];
+    let (mailer, _) = start(&settings, "worker", &mailer_only).await;
+    eventually_within(90, || async { smtp.all().len() >= 20 }).await;
+    mailer.kill();
+    let at_kill = smtp.all().len();
+    assert!(at_kill < 150, "the mailer finished before the kill");
+    let (_again, _) = start(&settings, "worker", &mailer_only).await;
+    eventually_within(90, || async {
+        let recipients: HashSet<String> = smtp.all().iter().flat_map(|m| m.to.clone()).collect();
+        recipients.len() == 150
+    })
+    .await;
+    observer.wait_for_mailer_idle().await;
+    assert!(
+        smtp.all().len() <= 151,
+        "{} mails for 150 accounts",
+        smtp.all().len()
+    );
+    remove_resources(settings).await;
+}
+
+/// A NATS server of this test's own, on its own port and store, so it can be stopped.
+struct PrivateNats {
+    port: u16,
+    dir: std::path::PathBuf,
+    proc: Option<Proc>,
+}
+
+impl PrivateNats {
+    fn start(port: u16, dir: &std::path::Path) -> Proc {
+        Proc(
+            Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is installed"),
+        )
+    }
+
+    async fn new() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
+        let proc = Some(Self::start(port, &dir));
+        eventually_within(90, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Self { port, dir, proc }
+    }
+
+    fn stop(&mut self) {
+        if let Some(proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.proc = Some(Self::start(self.port, &self.dir));
+        let port = self.port;
+        eventually_within(90, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn with_nats_restarted_writes_go_on_and_every_event_is_published_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut nats = PrivateNats::new().await;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let app = TestApp::spawn_with(|s| s.nats_url = url).await;
+    for i in 0..5 {
+        json_of(
+            app.register(&format!("n{i}"), &format!("n{i}@example.com"), PASSWORD)
+                .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    app.wait_for_relay().await;
+    nats.stop();
+    for i in 5..10 {
+        json_of(
+            app.register(&format!("n{i}"), &format!("n{i}@example.com"), PASSWORD)
+                .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    nats.restart().await;
+    every_event_published_once(&app).await;
+    eventually_within(90, || async {
+        let recipients: HashSet<String> =
+            app.smtp.all().iter().flat_map(|m| m.to.clone()).collect();
+        recipients.len() == 10
+    })
+    .await;
+    app.wait_for_mailer_idle().await;
+    assert_eq!(app.smtp.all().len(), 10);
+}
