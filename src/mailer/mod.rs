@@ -21,8 +21,9 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long a claimed mail may stay unsent before another delivery may try it again.
-const CLAIM_TIMEOUT_SECS: i64 = 120;
+/// How long a claimed mail may stay unsent before another delivery may try it again: longer
+/// than one SMTP attempt may take (its timeout is 10 s), so two mailers never send it at once.
+const CLAIM_TIMEOUT_SECS: i64 = 20;
 
 /// The fields of a published integration event the mailer reads.
 #[derive(Debug, Clone, Deserialize)]

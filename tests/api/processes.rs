@@ -380,3 +380,184 @@ async fn with_nats_restarted_writes_go_on_and_every_event_is_published_once() {
     app.wait_for_mailer_idle().await;
     assert_eq!(app.smtp.all().len(), 10);
 }
+
+/// A Postgres cluster of this test's own (initdb'd as the `postgres` user), so it can be stopped.
+struct PrivatePostgres {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    fn as_postgres(args: &[&str]) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn new() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Command::new("chown")
+            .arg("postgres")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
+        let data = dir.join("data");
+        assert!(Self::as_postgres(&[
+            &format!("{}/initdb", Self::BIN),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres"
+        ]));
+        let pg = Self { port, dir };
+        pg.start();
+        pg
+    }
+
+    fn ctl(&self, action: &str) -> bool {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        Self::as_postgres(&[
+            &format!("{}/pg_ctl", Self::BIN),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "-m",
+            "fast",
+            action,
+        ])
+    }
+
+    fn start(&self) {
+        assert!(self.ctl("start"), "private Postgres did not start");
+    }
+
+    fn stop(&self) {
+        assert!(self.ctl("stop"), "private Postgres did not stop");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/accounts", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn with_postgres_restarted_the_api_answers_503_then_recovers_and_loses_no_acknowledged_write()
+{
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = PrivatePostgres::new();
+    let url = pg.url();
+    let app = TestApp::spawn_with(|s| {
+        s.database_url = url;
+        s.database_max_connections = 10;
+    })
+    .await;
+    let (access, _) = app.active_user("pgr", "pgr@example.com").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        if app
+            .register(&format!("pre{i}"), &format!("pre{i}@example.com"), PASSWORD)
+            .await
+            .status()
+            == StatusCode::CREATED
+        {
+            acknowledged.push(format!("pre{i}@example.com"));
+        }
+    }
+
+    pg.stop();
+    for path in ["/accounts/api/get/profile/", "/readyz"] {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(app.url(path))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .expect("an answer, not a hang");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+    let response = client
+        .post(app.url("/accounts/api/registration/"))
+        .json(&serde_json::json!({"username": "during", "email": "during@example.com", "password": PASSWORD,
+            "confirm_password": PASSWORD, "verification_base_url": LINK_BASE}))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+
+    pg.start();
+    eventually_within(60, || async {
+        client
+            .get(app.url("/accounts/api/get/profile/"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .map(|r| r.status() == StatusCode::OK)
+            .unwrap_or(false)
+    })
+    .await;
+    for i in 0..5 {
+        let status = app
+            .register(
+                &format!("post{i}"),
+                &format!("post{i}@example.com"),
+                PASSWORD,
+            )
+            .await
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+        acknowledged.push(format!("post{i}@example.com"));
+    }
+    for email in &acknowledged {
+        assert!(
+            accounts::store::user_by_email(&app.pool, email)
+                .await
+                .unwrap()
+                .is_some(),
+            "{email} was lost"
+        );
+    }
+    // The readers recover too: every account reaches the read model and the stream.
+    eventually_within(60, || async {
+        count(&app, "select count(*) from profile").await == 1 + acknowledged.len() as i64
+    })
+    .await;
+    every_event_published_once(&app).await;
+}

@@ -330,10 +330,11 @@ impl TestApp {
         .await;
     }
 
-    /// Waits until the mailer has acknowledged everything it was given.
+    /// Waits until the mailer has acknowledged everything it was given (a message whose ack was
+    /// lost comes back after the consumer's 30 s ack wait, hence the longer limit).
     pub async fn wait_for_mailer_idle(&self) {
         self.wait_for_relay().await;
-        eventually(|| async {
+        eventually_within(60, || async {
             let Ok(stream) = self.js.get_stream(&self.settings.nats_stream).await else {
                 return false;
             };
