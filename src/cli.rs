@@ -106,3 +106,34 @@ pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Resul
     );
     Ok(())
 }
+
+/// `accounts mail failed`.
+pub async fn failed_mails(settings: &Settings) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let failed = crate::mailer::failed(&pool).await?;
+    if failed.is_empty() {
+        println!("no failed mails");
+    }
+    for mail in failed {
+        println!(
+            "{}  {}  to {}  after {} attempts, last {}: {}",
+            mail.event_id,
+            mail.kind,
+            mail.recipient,
+            mail.attempts,
+            mail.claimed_at,
+            mail.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `accounts mail retry [--event-id ID]`.
+pub async fn retry_mails(settings: &Settings, event_id: Option<&str>) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let links = crate::auth::LinkSigner::load_or_generate(&settings.link_key_file())?;
+    let mailer = crate::mailer::Mailer::new(pool, settings, links)?;
+    let sent = mailer.retry_failed(event_id).await?;
+    println!("sent {sent} mail(s)");
+    Ok(())
+}

@@ -52,6 +52,11 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Inspect and retry mails that could not be delivered.
+    Mail {
+        #[command(subcommand)]
+        action: MailAction,
+    },
     /// Manage the access-token signing keys.
     Keys {
         #[command(subcommand)]
@@ -71,6 +76,19 @@ enum ProjectionsAction {
     },
     /// Show each reader's checkpoint and lag.
     Status(Settings),
+}
+
+#[derive(Subcommand)]
+enum MailAction {
+    /// List the mails given up on after their last attempt.
+    Failed(Settings),
+    /// Send the failed mails again (all, or one by its event id).
+    Retry {
+        #[arg(long)]
+        event_id: Option<String>,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +121,14 @@ async fn main() -> anyhow::Result<()> {
             };
         }
         Command::UserAt { user, at, settings } => return cli::user_at(&settings, &user, at).await,
+        Command::Mail { action } => {
+            return match action {
+                MailAction::Failed(settings) => cli::failed_mails(&settings).await,
+                MailAction::Retry { event_id, settings } => {
+                    cli::retry_mails(&settings, event_id.as_deref()).await
+                }
+            };
+        }
         Command::Seed {
             users,
             days,
