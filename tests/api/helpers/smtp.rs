@@ -1,4 +1,6 @@
 //! A minimal SMTP server that accepts every mail and keeps it, so tests read real deliveries.
+//! (Also used by the load benchmark.)
+#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +12,8 @@ pub struct CapturedMail {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// When the sink accepted it (benchmarks measure delivery latency with it).
+    pub received: std::time::SystemTime,
 }
 
 impl CapturedMail {
@@ -179,6 +183,7 @@ async fn session(
                 from: from.clone(),
                 to: to.clone(),
                 data,
+                received: std::time::SystemTime::now(),
             });
             b"250 OK queued\r\n"
         } else if upper == "QUIT" {
