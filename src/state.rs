@@ -77,6 +77,50 @@ impl AppState {
         Ok(())
     }
 
+    /// Runs a `User` command and waits until the read models show it (read-your-writes). For
+    /// commands whose refusal is not expected: any error is an `ApiError`.
+    pub async fn execute_user(
+        &self,
+        user_id: uuid::Uuid,
+        command: aggregates::UserCommand,
+        meta: &crate::extract::RequestMeta,
+    ) -> Result<(), ApiError> {
+        let id = user_id.to_string();
+        let done = self
+            .users
+            .execute(&id, command, meta)
+            .await
+            .map_err(crate::routes::aggregate_error)?;
+        self.sync_read_models("User", &id, done.last_sequence())
+            .await
+    }
+
+    /// Mails a new link (activation or reset) to the account of `email`, if there is one, off
+    /// the response path: `command` builds the command from the link and the time.
+    pub fn issue_link_in_background(
+        &self,
+        email: &aggregates::values::Email,
+        base_url: String,
+        ttl_secs: u64,
+        meta: crate::extract::RequestMeta,
+        command: fn(
+            aggregates::user::LinkIssue,
+            chrono::DateTime<chrono::Utc>,
+        ) -> aggregates::UserCommand,
+    ) {
+        let link = aggregates::user::LinkIssue {
+            request_id: uuid::Uuid::new_v4(),
+            base_url,
+            ttl: chrono::Duration::seconds(ttl_secs as i64),
+        };
+        let now = chrono::Utc::now();
+        self.execute_for_email_in_background(
+            email.as_str().to_owned(),
+            move |_| command(link, now),
+            meta,
+        );
+    }
+
     /// Looks up the account of `email` and runs the command `make` builds for it, all off the
     /// response path: the answer takes the same time whether or not the address is registered.
     /// A refusal by the aggregate is expected (e.g. an already active account); anything else is

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub use meta::openapi_document;
+pub(crate) use registration::aggregate_error;
 
 /// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
 const PUBLIC_WRITES: [&str; 10] = [

@@ -11,13 +11,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::state::AppState;
 use crate::store;
-use aggregates::user::{LinkIssue, UserCommand, UserError};
+use aggregates::user::{UserCommand, UserError};
 use aggregates::values::Email;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{post, MethodRouter};
 use axum::Json;
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use cqrs_es::AggregateError;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -71,14 +71,7 @@ pub(crate) async fn change_password(
         credential_id,
         now: Utc::now(),
     };
-    let done = state
-        .users
-        .execute(&id, command, &meta)
-        .await
-        .map_err(aggregate_error)?;
-    state
-        .sync_read_models("User", &id, done.last_sequence())
-        .await?;
+    state.execute_user(user.user_id, command, &meta).await?;
     Ok(msg("Password changed successfully!"))
 }
 
@@ -103,19 +96,12 @@ pub(crate) async fn forgot_password(
         return Err(form.into_error());
     };
     form.finish()?;
-    let ttl = Duration::seconds(state.settings.reset_link_ttl as i64);
-    let now = Utc::now();
-    state.execute_for_email_in_background(
-        email.as_str().to_owned(),
-        move |_| UserCommand::RequestPasswordReset {
-            link: LinkIssue {
-                request_id: Uuid::new_v4(),
-                base_url: base,
-                ttl,
-            },
-            now,
-        },
+    state.issue_link_in_background(
+        &email,
+        base,
+        state.settings.reset_link_ttl,
         meta,
+        |link, now| UserCommand::RequestPasswordReset { link, now },
     );
     Ok(msg("If this email address is registered, we have sent a password reset link to it. Please check your inbox."))
 }

@@ -1,7 +1,6 @@
 //! Reading and updating the caller's profile.
 
 use super::account::profile_json;
-use super::registration::aggregate_error;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, RequestMeta};
@@ -85,19 +84,11 @@ pub(crate) async fn update_profile(
         thoughts,
         profile_img: image,
     };
-    let id = user.user_id.to_string();
     let command = UserCommand::UpdateProfile {
         changes,
         now: Utc::now(),
     };
-    let done = state
-        .users
-        .execute(&id, command, &meta)
-        .await
-        .map_err(aggregate_error)?;
-    state
-        .sync_read_models("User", &id, done.last_sequence())
-        .await?;
+    state.execute_user(user.user_id, command, &meta).await?;
     let row = projections::profile::find(&state.pool, user.user_id)
         .await?
         .ok_or(ApiError::InvalidToken)?;

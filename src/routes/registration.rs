@@ -202,19 +202,12 @@ pub(crate) async fn resend_activation(
         return Err(form.into_error());
     };
     form.finish()?;
-    let ttl = Duration::seconds(state.settings.activation_link_ttl as i64);
-    let now = Utc::now();
-    state.execute_for_email_in_background(
-        email.as_str().to_owned(),
-        move |_| UserCommand::IssueActivationLink {
-            link: LinkIssue {
-                request_id: Uuid::new_v4(),
-                base_url: base,
-                ttl,
-            },
-            now,
-        },
+    state.issue_link_in_background(
+        &email,
+        base,
+        state.settings.activation_link_ttl,
         meta,
+        |link, now| UserCommand::IssueActivationLink { link, now },
     );
     Ok(msg("We have send you account activation link at your registered email address. If you don't receive email than please make sure you have enter registered email address. Thank you!"))
 }
