@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     }
     api.sort_by(f64::total_cmp);
     bare.sort_by(f64::total_cmp);
-    app.finish().await;
+    app.shutdown.cancel();
     let history_rows = format!(
         "| `GET /accounts/api/history/` (50 newest, token checked) | p50 {:.2} ms, p99 {:.2} ms | bare SQL page: p50 {:.2} ms, p99 {:.2} ms | {:.2} (p50) |",
         percentile(&api, 50.0),
@@ -135,8 +135,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&api, 50.0) / percentile(&bare, 50.0)
     );
 
-    // The analysts' documented queries, as the analyst role (the pool above was dropped).
-    let pool = accounts::db::connect(&settings.database_url, 4).await?;
+    // The analysts' documented queries, as the analyst role.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ANALYTICS.md"))?;
     let mut query_rows = Vec::new();
     for sql in doc
@@ -164,17 +163,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     pool.close().await;
-    let cleanup = BenchApp::start(
-        settings,
-        Roles {
-            api: false,
-            relay: false,
-            projectors: false,
-            mailer: false,
-        },
-    )
-    .await?;
-    cleanup.finish().await;
+    app.finish().await;
 
     let text = format!(
         "Measured {date} on {machine}, optimised build, `cargo bench --bench dataset` with \
