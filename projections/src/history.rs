@@ -228,7 +228,14 @@ impl Projector for HistoryProjector {
             rows.ip.push(event.meta("ip").map(str::to_owned));
             rows.user_agent
                 .push(event.meta("user_agent").map(str::to_owned));
-            rows.details.push(entry.details);
+            let mut details = entry.details;
+            // The request that caused it, for matching with the service's logs.
+            if let (Some(request_id), Some(fields)) =
+                (event.meta("request_id"), details.as_object_mut())
+            {
+                fields.insert("request_id".into(), request_id.into());
+            }
+            rows.details.push(details);
         }
         if rows.position.is_empty() {
             return Ok(());

@@ -144,6 +144,16 @@ async fn the_request_id_comes_back_and_lands_in_the_events_and_history() {
             .await
             .unwrap();
     assert_eq!(ids, vec![Some("req-1234-abcd".to_owned()); 2]);
+    eventually(|| async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from user_history where details ->> 'request_id' = 'req-1234-abcd'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        n == 2
+    })
+    .await;
     // Without one, the service makes one and returns it.
     let response = app.login("rid@example.com", "wrong password x").await;
     let made = response.headers()["x-request-id"]
