@@ -409,10 +409,10 @@ async fn main() -> anyhow::Result<()> {
             bus.execute(&id, command, meta).await.is_ok()
         }
     };
-    let lag_probe = async {
+    // Each probe runs on its own, so neither delays the other's measurements.
+    let until = Instant::now() + Duration::from_secs(secs);
+    let relay_probe = async {
         let mut relay = Vec::new();
-        let mut projection = Vec::new();
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let nats = async_nats::connect(settings.nats_url.as_str()).await.ok();
         let mut sub = match &nats {
             Some(n) => n
@@ -424,35 +424,49 @@ async fn main() -> anyhow::Result<()> {
                 .ok(),
             None => None,
         };
-        let until = Instant::now() + Duration::from_secs(secs.saturating_sub(1).max(1));
         while Instant::now() < until {
-            if let Some(sub) = sub.as_mut() {
-                if let Ok(Some(msg)) =
-                    tokio::time::timeout(Duration::from_millis(200), sub.next()).await
-                {
-                    if let Ok(body) = serde_json::from_slice::<Value>(&msg.payload) {
-                        if let Some(at) = body["recorded_at"]
-                            .as_str()
-                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        {
-                            let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
-                            relay.push(
-                                (now - at.with_timezone(&chrono::Utc))
-                                    .num_microseconds()
-                                    .unwrap_or(0) as f64
-                                    / 1000.0,
-                            );
-                        }
+            let Some(sub) = sub.as_mut() else { break };
+            if let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            {
+                let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
+                if let Ok(body) = serde_json::from_slice::<Value>(&msg.payload) {
+                    if let Some(at) = body["recorded_at"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    {
+                        let ms = (now - at.with_timezone(&chrono::Utc))
+                            .num_microseconds()
+                            .unwrap_or(0) as f64
+                            / 1000.0;
+                        relay.push(ms);
                     }
                 }
             }
-            // Projection: the newest ProfileUpdated in the store, then until the profile shows it.
-            if let Ok(Some((id, seq, at))) = sqlx::query_as::<_, (String, i64, chrono::DateTime<chrono::Utc>)>(
-                "select aggregate_id, sequence, recorded_at from events where event_type = 'ProfileUpdated' order by global_position desc limit 1",
-            ).fetch_optional(&pool).await {
+        }
+        sorted(relay)
+    };
+    let projection_probe = async {
+        let mut projection = Vec::new();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while Instant::now() < until {
+            // The newest ProfileUpdated in the store, then until the profile shows it.
+            let newest = sqlx::query_as::<_, (String, i64, chrono::DateTime<chrono::Utc>)>(
+                "select aggregate_id, sequence, recorded_at from events
+                  where event_type = 'ProfileUpdated' order by global_position desc limit 1",
+            )
+            .fetch_optional(&pool)
+            .await;
+            if let Ok(Some((id, seq, at))) = newest {
                 let uid: uuid::Uuid = id.parse().unwrap_or_default();
                 for _ in 0..2000 {
-                    let v: Option<i64> = sqlx::query_scalar("select version from profile where user_id = $1").bind(uid).fetch_optional(&pool).await.ok().flatten();
+                    let v: Option<i64> =
+                        sqlx::query_scalar("select version from profile where user_id = $1")
+                            .bind(uid)
+                            .fetch_optional(&pool)
+                            .await
+                            .ok()
+                            .flatten();
                     if v.unwrap_or(0) >= seq {
                         let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
                         projection.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
@@ -462,10 +476,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        (sorted(relay), sorted(projection))
+        sorted(projection)
     };
-    let ((append_rate, _), (relay_lat, projection_lat)) =
-        tokio::join!(closed_loop(8, secs, append), lag_probe);
+    let ((append_rate, _), relay_lat, projection_lat) =
+        tokio::join!(closed_loop(8, secs, append), relay_probe, projection_probe);
     let insert = |c: usize, i: usize| {
         let pool = &pool;
         async move {
