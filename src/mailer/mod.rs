@@ -18,8 +18,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a claimed mail may stay unsent before another delivery may try it again: longer
 /// than one SMTP attempt may take (its timeout is 10 s), so two mailers never send it at once.
@@ -221,6 +224,8 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
+    let mailer = Arc::new(mailer);
+    let settings = Arc::new(settings);
     loop {
         if let Err(error) = consume(&mailer, &js, &settings, &shutdown).await {
             tracing::warn!(
@@ -236,9 +241,9 @@ pub async fn run(
 }
 
 async fn consume(
-    mailer: &Mailer,
+    mailer: &Arc<Mailer>,
     js: &jetstream::Context,
-    settings: &Settings,
+    settings: &Arc<Settings>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer = consumer(js, settings).await?;
@@ -246,51 +251,75 @@ async fn consume(
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("cannot pull messages: {e}"))?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(message) => message.map_err(|e| anyhow::anyhow!("{e}"))?,
-                None => return Ok(()),
+    let slots = Arc::new(Semaphore::new(settings.mailer_concurrency.max(1)));
+    let in_flight = TaskTracker::new();
+    let result = loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break Ok(()),
             },
         };
-        let attempt = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
-        let ack = match mailer.handle(&message.payload).await {
-            Ok(Outcome::Sent | Outcome::Skipped) => message.double_ack().await,
-            Ok(Outcome::Busy) => {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => break Err(anyhow::anyhow!("{error}")),
+                None => break Ok(()),
+            },
+        };
+        let (mailer, settings) = (mailer.clone(), settings.clone());
+        in_flight.spawn(async move {
+            let _permit = permit;
+            deliver(&mailer, &settings, message).await;
+        });
+    };
+    // Stop at a message boundary: what this worker holds is sent and acked (or nak'ed) first.
+    in_flight.close();
+    in_flight.wait().await;
+    result
+}
+
+/// Handles one message and acks it: sent or skipped → ack; failed → nak with back-off, or
+/// recorded as failed after the last attempt.
+async fn deliver(mailer: &Mailer, settings: &Settings, message: jetstream::Message) {
+    let attempt = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
+    let ack = match mailer.handle(&message.payload).await {
+        Ok(Outcome::Sent | Outcome::Skipped) => message.double_ack().await,
+        Ok(Outcome::Busy) => {
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await
+        }
+        Err(error) if attempt >= i64::from(settings.mail_max_attempts) => {
+            if let Err(record) = mailer
+                .record_failure(&message.payload, attempt, &error)
+                .await
+            {
+                tracing::warn!(error = format!("{record:#}"), "cannot record a failed mail");
                 message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await
+            } else {
+                message.double_ack().await
             }
-            Err(error) if attempt >= i64::from(settings.mail_max_attempts) => {
-                if let Err(record) = mailer
-                    .record_failure(&message.payload, attempt, &error)
-                    .await
-                {
-                    tracing::warn!(error = format!("{record:#}"), "cannot record a failed mail");
-                    message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                        .await
-                } else {
-                    message.double_ack().await
-                }
-            }
-            Err(error) => {
-                let delay = settings.mail_retry_base_secs.max(1) << (attempt - 1).min(10);
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    attempt,
-                    delay,
-                    "mail not sent; will retry"
-                );
-                metrics::counter!("mails_retried_total").increment(1);
-                message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(delay))))
-                    .await
-            }
-        };
-        if let Err(error) = ack {
-            tracing::warn!(%error, "could not acknowledge a message");
         }
+        Err(error) => {
+            let delay = settings.mail_retry_base_secs.max(1) << (attempt - 1).min(10);
+            tracing::warn!(
+                error = format!("{error:#}"),
+                attempt,
+                delay,
+                "mail not sent; will retry"
+            );
+            metrics::counter!("mails_retried_total").increment(1);
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(delay))))
+                .await
+        }
+    };
+    if let Err(error) = ack {
+        tracing::warn!(%error, "could not acknowledge a message");
     }
 }
