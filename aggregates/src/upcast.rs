@@ -65,7 +65,7 @@ mod tests {
     use crate::session::{LoginMethod, SessionEvent};
 
     #[test]
-    fn a_stored_1_0_login_reads_as_a_2_0_password_login() {
+    fn a_stored_1_0_login_reads_as_a_2_0_password_login() -> Result<(), serde_json::Error> {
         let old = json!({"Started": {
             "session_id": "00000000-0000-0000-0000-000000000007",
             "user_id": "00000000-0000-0000-0000-000000000001",
@@ -75,7 +75,7 @@ mod tests {
         }});
         let (version, payload) = upcast("Session", "Started", "1.0", old);
         assert_eq!(version, "2.0");
-        let event: SessionEvent = serde_json::from_value(payload).unwrap();
+        let event: SessionEvent = serde_json::from_value(payload)?;
         match event {
             SessionEvent::Started { method, .. } => assert_eq!(method, LoginMethod::Password),
             other => panic!("{other:?}"),
@@ -85,5 +85,6 @@ mod tests {
         assert_eq!(version, "2.0");
         let (version, _) = upcast("User", "Registered", "1.0", json!({}));
         assert_eq!(version, "1.0");
+        Ok(())
     }
 }

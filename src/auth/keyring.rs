@@ -109,13 +109,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotation_publishes_the_new_key_first_and_retires_the_old_one_later() {
+    fn rotation_publishes_the_new_key_first_and_retires_the_old_one_later() -> anyhow::Result<()> {
         let now = Utc::now();
         let mut ring = StoredRing {
-            keys: vec![StoredKey::generate(now, now).unwrap()],
+            keys: vec![StoredKey::generate(now, now)?],
         };
-        ring.rotate(now, Duration::minutes(10), Duration::minutes(15))
-            .unwrap();
+        ring.rotate(now, Duration::minutes(10), Duration::minutes(15))?;
         assert_eq!(ring.keys.len(), 2);
         assert_eq!(
             ring.keys[0].publish_until,
@@ -124,12 +123,12 @@ mod tests {
         assert_eq!(ring.keys[1].sign_from, now + Duration::minutes(10));
         // A later rotation drops keys whose publication has ended.
         let later = now + Duration::hours(1);
-        ring.rotate(later, Duration::zero(), Duration::minutes(15))
-            .unwrap();
+        ring.rotate(later, Duration::zero(), Duration::minutes(15))?;
         assert_eq!(ring.keys.len(), 2);
         assert!(ring
             .keys
             .iter()
             .all(|k| k.created_at != now || k.sign_from != now));
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@ use super::account::token_pair;
 use super::msg;
 use super::registration::aggregate_error;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, RequestMeta};
+use crate::extract::{Form, JsonBody, RequestMeta};
 use crate::state::AppState;
 use aggregates::session::{SessionCommand, SessionError};
 use axum::extract::State;
@@ -26,16 +26,9 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
+    JsonBody(form): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    let Some(token) = form.string("refresh_token") else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
-    let (session_id, generation) = state
-        .links
-        .verify_refresh(&token)
-        .ok_or(ApiError::InvalidToken)?;
+    let (session_id, generation) = refresh_token_field(&state, form)?;
     let id = session_id.to_string();
     let session = state.sessions.load(&id).await.map_err(aggregate_error)?;
     let user_id = session.user_id.ok_or(ApiError::InvalidToken)?;
@@ -70,16 +63,9 @@ pub(crate) async fn refresh(
 pub(crate) async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
+    JsonBody(form): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    let Some(token) = form.string("refresh_token") else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
-    let (session_id, _) = state
-        .links
-        .verify_refresh(&token)
-        .ok_or(ApiError::InvalidToken)?;
+    let (session_id, _) = refresh_token_field(&state, form)?;
     let command = SessionCommand::Logout { now: Utc::now() };
     match state
         .sessions
@@ -90,6 +76,19 @@ pub(crate) async fn logout(
         Err(AggregateError::UserError(SessionError::InvalidToken)) => Err(ApiError::InvalidToken),
         Err(error) => Err(aggregate_error(error)),
     }
+}
+
+/// The `(session, generation)` of the body's `refresh_token`: 400 when missing, 401 when it is
+/// not a genuine refresh token of ours.
+fn refresh_token_field(state: &AppState, mut form: Form) -> ApiResult<(uuid::Uuid, u32)> {
+    let Some(token) = form.string("refresh_token") else {
+        return Err(form.into_error());
+    };
+    form.finish()?;
+    state
+        .links
+        .verify_refresh(&token)
+        .ok_or(ApiError::InvalidToken)
 }
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "session", responses((status = 200, description = "JSON Web Key Set (OKP / Ed25519) that verifies access tokens")))]
