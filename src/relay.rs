@@ -45,7 +45,7 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
 
 /// The public message: the event's facts (no secret is ever in an event) and where it came from.
 pub fn integration_event(event: &StoredEvent) -> Value {
-    let (version, _) = event.upcast();
+    let (version, data) = event.current();
     json!({
         "id": event.event_id(),
         "type": event.event_type,
@@ -55,7 +55,7 @@ pub fn integration_event(event: &StoredEvent) -> Value {
         "sequence": event.sequence,
         "position": event.global_position,
         "recorded_at": event.recorded_at,
-        "data": event.data(),
+        "data": data,
         "metadata": {
             "ip": event.meta("ip"),
             "user_agent": event.meta("user_agent"),

@@ -14,26 +14,27 @@ pub fn bump(wake: &watch::Sender<u64>) {
     wake.send_modify(|n| *n = n.wrapping_add(1));
 }
 
+/// Bumps `wake` on every notification until the connection fails.
+async fn relay_notifications(
+    pool: &PgPool,
+    wake: &watch::Sender<u64>,
+) -> sqlx::Result<std::convert::Infallible> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    // Anything appended while we were not listening.
+    bump(wake);
+    loop {
+        listener.recv().await?;
+        bump(wake);
+    }
+}
+
 pub async fn listen(pool: PgPool, wake: watch::Sender<u64>, shutdown: CancellationToken) {
     loop {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            // Anything appended while we were not listening.
-            bump(&wake);
-            loop {
-                listener.recv().await?;
-                bump(&wake);
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = listener => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "event listener lost its connection; reconnecting");
-                }
+            Err(error) = relay_notifications(&pool, &wake) => {
+                tracing::warn!(%error, "event listener lost its connection; reconnecting");
             }
         }
         tokio::select! {

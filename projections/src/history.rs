@@ -1,7 +1,7 @@
 //! The user-history read model: what happened to an account, with where it came from.
 
 use crate::reader::StoredEvent;
-use crate::runner::Projector;
+use crate::runner::{Projector, Target};
 use aggregates::session::SessionEvent;
 use aggregates::user::UserEvent;
 use async_trait::async_trait;
@@ -46,17 +46,15 @@ pub async fn page(
     .await
 }
 
-/// Projects into `table` under the checkpoint `name` (the live `user_history`, or a rebuild's copy).
+/// The user-history projector (the live table, or a rebuild's copy).
 pub struct HistoryProjector {
-    name: String,
-    table: String,
+    target: Target,
 }
 
 impl HistoryProjector {
     pub fn live() -> Self {
         Self {
-            name: NAME.into(),
-            table: "user_history".into(),
+            target: Target::new(NAME, "user_history"),
         }
     }
 }
@@ -191,19 +189,12 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
 
 #[async_trait]
 impl Projector for HistoryProjector {
-    fn name(&self) -> &str {
-        &self.name
+    fn target(&self) -> &Target {
+        &self.target
     }
 
-    fn table(&self) -> &str {
-        &self.table
-    }
-
-    fn shadow(&self) -> std::sync::Arc<dyn Projector> {
-        std::sync::Arc::new(Self {
-            name: format!("{}_rebuild", self.name),
-            table: format!("{}_rebuild", self.table),
-        })
+    fn retarget(&self, target: Target) -> std::sync::Arc<dyn Projector> {
+        std::sync::Arc::new(Self { target })
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
@@ -245,7 +236,7 @@ impl Projector for HistoryProjector {
              select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
                                   $5::text[], $6::text[], $7::jsonb[])
              on conflict (position) do nothing",
-            self.table
+            self.table()
         ))
         .bind(&rows.user_id)
         .bind(&rows.position)

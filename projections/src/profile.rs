@@ -1,7 +1,7 @@
 //! The profile read model: one row per account, what the profile, dashboard and token checks read.
 
 use crate::reader::StoredEvent;
-use crate::runner::Projector;
+use crate::runner::{Projector, Target};
 use aggregates::session::SessionEvent;
 use aggregates::user::UserEvent;
 use async_trait::async_trait;
@@ -41,42 +41,33 @@ pub async fn find(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Option
     .await
 }
 
-/// Projects into `table` under the checkpoint `name` (the live `profile`, or a rebuild's copy).
+/// The profile read model's projector (the live table, or a rebuild's copy).
 pub struct ProfileProjector {
-    name: String,
-    table: String,
+    target: Target,
 }
 
 impl ProfileProjector {
     pub fn live() -> Self {
         Self {
-            name: NAME.into(),
-            table: "profile".into(),
+            target: Target::new(NAME, "profile"),
         }
     }
 }
 
 #[async_trait]
 impl Projector for ProfileProjector {
-    fn name(&self) -> &str {
-        &self.name
+    fn target(&self) -> &Target {
+        &self.target
     }
 
-    fn table(&self) -> &str {
-        &self.table
-    }
-
-    fn shadow(&self) -> std::sync::Arc<dyn Projector> {
-        std::sync::Arc::new(Self {
-            name: format!("{}_rebuild", self.name),
-            table: format!("{}_rebuild", self.table),
-        })
+    fn retarget(&self, target: Target) -> std::sync::Arc<dyn Projector> {
+        std::sync::Arc::new(Self { target })
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
         match event.aggregate_type.as_str() {
-            "User" => apply_user(conn, &self.table, event).await,
-            "Session" => apply_session(conn, &self.table, event).await,
+            "User" => apply_user(conn, self.table(), event).await,
+            "Session" => apply_session(conn, self.table(), event).await,
             _ => Ok(()),
         }
     }

@@ -32,11 +32,17 @@ impl StoredEvent {
     /// The event's own fields in the current shape (cqrs-es stores an enum as
     /// `{"<EventType>": {...}}`).
     pub fn data(&self) -> Value {
-        let (_, payload) = self.upcast();
-        match payload.get(&self.event_type) {
-            Some(data) => data.clone(),
+        self.current().1
+    }
+
+    /// The current version and the event's own fields in that version's shape.
+    pub fn current(&self) -> (String, Value) {
+        let (version, mut payload) = self.upcast();
+        let data = match payload.get_mut(&self.event_type) {
+            Some(data) => data.take(),
             None => payload,
-        }
+        };
+        (version, data)
     }
 
     /// A string from the command metadata (`ip`, `user_agent`, `request_id`).

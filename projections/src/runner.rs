@@ -11,18 +11,50 @@ use tokio_util::sync::CancellationToken;
 /// Events handled per transaction.
 pub const BATCH_SIZE: i64 = 500;
 
+/// A projector's checkpoint name and table: the live ones, or a rebuild's copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub table: String,
+}
+
+impl Target {
+    pub fn new(name: &str, table: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            table: table.to_owned(),
+        }
+    }
+}
+
 /// A read model built from events. `apply` runs inside the transaction that also moves the
 /// projector's checkpoint, so it must only write through `conn`.
 #[async_trait]
 pub trait Projector: Send + Sync {
+    /// Where it writes and under which checkpoint.
+    fn target(&self) -> &Target;
+
+    /// The same projector writing to `target`.
+    fn retarget(&self, target: Target) -> Arc<dyn Projector>;
+
     /// The checkpoint name, stable across releases.
-    fn name(&self) -> &str;
+    fn name(&self) -> &str {
+        &self.target().name
+    }
 
     /// The table it writes.
-    fn table(&self) -> &str;
+    fn table(&self) -> &str {
+        &self.target().table
+    }
 
     /// The same projector writing into `<table>_rebuild` under the checkpoint `<name>_rebuild`.
-    fn shadow(&self) -> Arc<dyn Projector>;
+    fn shadow(&self) -> Arc<dyn Projector> {
+        let live = self.target();
+        self.retarget(Target {
+            name: format!("{}_rebuild", live.name),
+            table: format!("{}_rebuild", live.table),
+        })
+    }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
 

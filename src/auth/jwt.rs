@@ -282,8 +282,10 @@ mod tests {
         let token = keys.issue(Uuid::new_v4(), Uuid::new_v4(), 0, Utc::now(), 900)?;
         assert!(keys.verify(&token).is_some());
         assert!(keys.verify(&token).is_some(), "served from the cache");
-        if let Some(entry) = keys.verified.lock().unwrap().get_mut(&token) {
-            entry.claims.exp = Utc::now().timestamp() - 60;
+        if let Ok(mut verified) = keys.verified.lock() {
+            if let Some(entry) = verified.get_mut(&token) {
+                entry.claims.exp = Utc::now().timestamp() - 60;
+            }
         }
         assert!(keys.verify(&token).is_none(), "expired while cached");
         let mut tampered = token.clone();

@@ -2,8 +2,8 @@
 
 use super::msg;
 use super::registration::{
-    aggregate_error, check_new_password, hash_error, new_password_fields, password_pair,
-    LINK_BASE_ERROR,
+    aggregate_error, check_new_password, hash_error, link_base_field, new_password_fields,
+    password_pair,
 };
 use crate::auth::links::{parse_uidb64, Purpose};
 use crate::auth::AuthUser;
@@ -82,16 +82,11 @@ pub(crate) async fn forgot_password(
     JsonBody(mut form): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let email = form.parsed("email", Email::parse);
-    let base = match form.optional_string("verification_base_url") {
-        None => Some(state.settings.default_link_base_url.clone()),
-        Some(raw) => {
-            let base = state.link_base(&raw);
-            if base.is_none() {
-                form.error("verification_base_url", LINK_BASE_ERROR);
-            }
-            base
-        }
-    };
+    let base = link_base_field(
+        &state,
+        &mut form,
+        Some(state.settings.default_link_base_url.as_str()),
+    );
     let (Some(email), Some(base)) = (email, base) else {
         return Err(form.into_error());
     };

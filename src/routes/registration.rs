@@ -42,12 +42,19 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-pub const LINK_BASE_ERROR: &str =
+const LINK_BASE_ERROR: &str =
     "Enter a valid URL whose origin is allowed for links (an absolute http or https URL).";
 
-/// The required `verification_base_url`, checked against the allow-list of link origins.
-pub fn link_base_field(state: &AppState, form: &mut Form) -> Option<String> {
-    let raw = form.string("verification_base_url")?;
+/// `verification_base_url`, checked against the allow-list of link origins: required when
+/// `default` is `None`, else `default` when the body has none.
+pub fn link_base_field(state: &AppState, form: &mut Form, default: Option<&str>) -> Option<String> {
+    let raw = match default {
+        None => form.string("verification_base_url")?,
+        Some(default) => match form.optional_string("verification_base_url") {
+            None => return Some(default.to_owned()),
+            Some(raw) => raw,
+        },
+    };
     let base = state.link_base(&raw);
     if base.is_none() {
         form.error("verification_base_url", LINK_BASE_ERROR);
@@ -129,7 +136,7 @@ pub(crate) async fn register(
         ("email address", email.as_ref().map_or("", |e| e.as_str())),
     ];
     let password = new_password_fields(&mut form, "password", &attributes);
-    let base = link_base_field(&state, &mut form);
+    let base = link_base_field(&state, &mut form, None);
     let (Some(username), Some(email), Some(password), Some(base)) =
         (username, email, password, base)
     else {
@@ -197,7 +204,7 @@ pub(crate) async fn resend_activation(
     JsonBody(mut form): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let email = form.parsed("email", Email::parse);
-    let base = link_base_field(&state, &mut form);
+    let base = link_base_field(&state, &mut form, None);
     let (Some(email), Some(base)) = (email, base) else {
         return Err(form.into_error());
     };
