@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use support::{bench_settings, machine, percentile, write_block};
+use support::{bench_settings, machine, percentile, write_block, CpuTimes};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -270,8 +270,15 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(false)
         }
     };
+    let pid = service.0.id();
+    let mut cpu_rows: Vec<String> = Vec::new();
     let rss_probe = Arc::new(std::sync::Mutex::new(0f64));
-    let (login_rate, _) = {
+    let cpu = CpuTimes::now(pid);
+    let stats_q = "select relname, seq_scan, coalesce(idx_scan,0), n_tup_ins, n_tup_upd, n_tup_del from pg_stat_user_tables order by relname";
+    let db_q = "select xact_commit, tup_returned, tup_fetched from pg_stat_database where datname = current_database()";
+    let before_t: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(stats_q).fetch_all(&pool).await?;
+    let before_d: (i64, i64, i64) = sqlx::query_as(db_q).fetch_one(&pool).await?;
+    let (login_rate, login_lat) = {
         let probe = rss_probe.clone();
         let pid_rss = || service.rss_mb();
         let sampler = async {
@@ -284,6 +291,20 @@ async fn main() -> anyhow::Result<()> {
         let (result, ()) = tokio::join!(closed_loop(16, secs, login), sampler);
         result
     };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    {
+        let after_t: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(stats_q).fetch_all(&pool).await?;
+        let after_d: (i64, i64, i64) = sqlx::query_as(db_q).fetch_one(&pool).await?;
+        let n = login_lat.len() as f64;
+        eprintln!("DIAG per login: xact {:.2} returned {:.1} fetched {:.1}", (after_d.0-before_d.0) as f64/n, (after_d.1-before_d.1) as f64/n, (after_d.2-before_d.2) as f64/n);
+        for (a, b) in after_t.iter().zip(before_t.iter()) {
+            eprintln!("DIAG {} seq {:.2} idx {:.2} ins {:.2} upd {:.2} del {:.2}", a.0, (a.1-b.1) as f64/n, (a.2-b.2) as f64/n, (a.3-b.3) as f64/n, (a.4-b.4) as f64/n, (a.5-b.5) as f64/n);
+        }
+    }
+    cpu_rows.push(format!(
+        "| login (saturation) | {} |",
+        cpu.per_op_ms(&CpuTimes::now(pid), login_lat.len() as f64)
+    ));
     let loaded_rss = *rss_probe.lock().unwrap_or_else(|e| e.into_inner());
     let paced_rate = login_rate * 0.8;
     let interval = Duration::from_secs_f64(1.0 / paced_rate.max(1.0));
@@ -341,7 +362,12 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(false)
         }
     };
+    let cpu = CpuTimes::now(pid);
     let (profile_rate, profile_lat) = closed_loop(32, secs, profile).await;
+    cpu_rows.push(format!(
+        "| `GET /accounts/api/get/profile/` | {} |",
+        cpu.per_op_ms(&CpuTimes::now(pid), profile_lat.len() as f64)
+    ));
     let bare = bare_profile_server(pool.clone()).await?;
     let bare_get = |c: usize, _i: usize| {
         let client = client.clone();
@@ -388,7 +414,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
+    let cpu = CpuTimes::now(pid);
     let (refresh_rate, refresh_lat) = closed_loop(32, secs, refresh).await;
+    cpu_rows.push(format!(
+        "| refresh | {} |",
+        cpu.per_op_ms(&CpuTimes::now(pid), refresh_lat.len() as f64)
+    ));
 
     // Appends through the command path (no hashing), next to bare single-row INSERTs of the same
     // rows into the same table; relay and projection latency measured under this load.
@@ -478,8 +509,13 @@ async fn main() -> anyhow::Result<()> {
         }
         sorted(projection)
     };
-    let ((append_rate, _), relay_lat, projection_lat) =
+    let cpu = CpuTimes::now(pid);
+    let ((append_rate, append_lat), relay_lat, projection_lat) =
         tokio::join!(closed_loop(8, secs, append), relay_probe, projection_probe);
+    cpu_rows.push(format!(
+        "| append through the command path (in the generator's process; the service relays and projects) | {} |",
+        cpu.per_op_ms(&CpuTimes::now(pid), append_lat.len() as f64)
+    ));
     let insert = |c: usize, i: usize| {
         let pool = &pool;
         async move {
@@ -488,7 +524,12 @@ async fn main() -> anyhow::Result<()> {
                 .bind(format!("baseline-{c}")).bind(i as i64 + 1).bind(payload).execute(pool).await.is_ok()
         }
     };
-    let (insert_rate, _) = closed_loop(8, secs, insert).await;
+    let cpu = CpuTimes::now(pid);
+    let (insert_rate, insert_lat) = closed_loop(8, secs, insert).await;
+    cpu_rows.push(format!(
+        "| bare single-row INSERT (baseline) | {} |",
+        cpu.per_op_ms(&CpuTimes::now(pid), insert_lat.len() as f64)
+    ));
     drop(service);
     pool.close().await;
     let cleanup = support::BenchApp::start(
@@ -521,10 +562,13 @@ async fn main() -> anyhow::Result<()> {
         "Measured {date} on {machine}, `cargo bench --bench load` ({secs} s a phase), the service as \
          its own process (`accounts serve`, release build) with the load generator on the same \
          2 cores, over loopback.\n\n\
-         | figure | result | baseline (same run) | ratio | target |\n|---|---|---|---|---|\n{rows}",
+         | figure | result | baseline (same run) | ratio | target |\n|---|---|---|---|---|\n{rows}\n\n\
+         Where the CPU went, in CPU milliseconds per operation (from /proc, same run):\n\n\
+         | phase | service | Postgres | nats-server | load generator | all |\n|---|---|---|---|---|---|\n{cpu_rows}",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         machine = machine(),
         rows = rows.join("\n"),
+        cpu_rows = cpu_rows.join("\n"),
     );
     let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
     write_block(&doc, "load", &text)?;

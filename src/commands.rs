@@ -1,23 +1,45 @@
-//! Executing commands on aggregates stored by postgres-es, with optimistic-concurrency retries.
+//! Executing commands on aggregates stored by postgres-es, with optimistic concurrency.
 //!
 //! This is cqrs-es's `CqrsFramework::execute_with_metadata` (load, handle, commit) without the
 //! in-process query dispatch (lossy, see ARCHITECTURE.md §5), returning what was committed and the
-//! resulting state, and retrying when another writer appended to the same stream first.
+//! resulting state, with two changes for the hot path:
+//!
+//! - **Aggregate cache.** The state of recently used aggregates is kept in memory with the
+//!   sequence it reflects. A command is decided on the cached state and committed at the next
+//!   sequence: the primary key `(aggregate_type, aggregate_id, sequence)` refuses the commit if
+//!   another writer (or another instance) appended in between, and the bus then reads only the
+//!   events after the cached sequence and decides again. A refusal or a no-op decided on a cached
+//!   state is checked the same way before it is answered. So the cache never decides anything
+//!   the stored stream would not; it only saves the load. [`CommandBus::load`] always reads the
+//!   events after the cached sequence (one indexed query, usually returning nothing).
+//! - **One statement per commit** (see [`crate::event_store::EventRepository`]).
 
+use crate::event_store::EventRepository;
 use crate::extract::RequestMeta;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
+use cqrs_es::persist::{
+    EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, PersistedEventStore,
+    SemanticVersionEventUpcaster,
+};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use hashlink::LruCache;
 use rand::Rng;
 use sqlx::PgPool;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Attempts before a conflict is reported (each one reloads the stream).
+/// Attempts before a conflict is reported (each one reads the events appended meanwhile).
 const MAX_ATTEMPTS: usize = 25;
 
+/// Aggregates kept in memory per aggregate type unless configured otherwise.
+pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
+
 pub struct CommandBus<A: Aggregate> {
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    store: PersistedEventStore<EventRepository, A>,
+    repo: EventRepository,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+    /// `None` when configured off.
+    cache: Option<Mutex<LruCache<String, (A, usize)>>>,
     services: A::Services,
 }
 
@@ -34,34 +56,86 @@ impl<A: Aggregate> Executed<A> {
     }
 }
 
+fn upcasters_of(aggregate_type: &str) -> Vec<Box<dyn EventUpcaster>> {
+    aggregates::upcast::STEPS
+        .iter()
+        .filter(|step| step.aggregate_type == aggregate_type)
+        .map(|step| {
+            Box::new(SemanticVersionEventUpcaster::new(
+                step.event_type,
+                step.to_version,
+                Box::new(step.apply),
+            )) as Box<dyn EventUpcaster>
+        })
+        .collect()
+}
+
 impl<A> CommandBus<A>
 where
     A: Aggregate + Clone,
     A::Command: Clone,
 {
     pub fn new(pool: PgPool, services: A::Services) -> Self {
-        let upcasters: Vec<Box<dyn EventUpcaster>> = aggregates::upcast::STEPS
-            .iter()
-            .filter(|step| step.aggregate_type == A::TYPE)
-            .map(|step| {
-                Box::new(SemanticVersionEventUpcaster::new(
-                    step.event_type,
-                    step.to_version,
-                    Box::new(step.apply),
-                )) as Box<dyn EventUpcaster>
-            })
-            .collect();
+        Self::with_cache_capacity(pool, services, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// A bus that keeps at most `capacity` aggregates in memory (0: none).
+    pub fn with_cache_capacity(pool: PgPool, services: A::Services, capacity: usize) -> Self {
+        let repo = EventRepository::new(pool);
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
-                .with_upcasters(upcasters),
+            store: PersistedEventStore::new_event_store(repo.clone())
+                .with_upcasters(upcasters_of(A::TYPE)),
+            repo,
+            upcasters: upcasters_of(A::TYPE),
+            cache: (capacity > 0).then(|| Mutex::new(LruCache::new(capacity))),
             services,
         }
     }
 
+    fn cached(&self, id: &str) -> Option<(A, usize)> {
+        self.cache.as_ref()?.lock().ok()?.get(id).cloned()
+    }
+
+    fn remember(&self, id: &str, state: &A, sequence: usize) {
+        let Some(cache) = &self.cache else { return };
+        if let Ok(mut cache) = cache.lock() {
+            // Never replace a newer state by an older one (two requests on one stream).
+            if cache.peek(id).is_some_and(|(_, known)| *known > sequence) {
+                return;
+            }
+            cache.insert(id.to_owned(), (state.clone(), sequence));
+        }
+    }
+
+    /// Applies the events stored after `sequence` to `state`: the current state and sequence.
+    async fn catch_up(
+        &self,
+        id: &str,
+        mut state: A,
+        mut sequence: usize,
+    ) -> Result<(A, usize), AggregateError<A::Error>> {
+        let newer = self.repo.get_last_events::<A>(id, sequence).await?;
+        if newer.is_empty() {
+            return Ok((state, sequence));
+        }
+        for mut serialized in newer {
+            for upcaster in &self.upcasters {
+                if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
+                    serialized = upcaster.upcast(serialized);
+                }
+            }
+            let envelope = EventEnvelope::<A>::try_from(serialized)?;
+            sequence = envelope.sequence;
+            state.apply(envelope.payload);
+        }
+        self.remember(id, &state, sequence);
+        Ok((state, sequence))
+    }
+
     /// The current state of one aggregate (a default, unregistered one if its stream is empty).
     pub async fn load(&self, id: &str) -> Result<A, AggregateError<A::Error>> {
-        let mut context = self.store.load_aggregate(id).await?;
-        Ok(context.aggregate().clone())
+        let (state, sequence) = self.cached(id).unwrap_or_default();
+        Ok(self.catch_up(id, state, sequence).await?.0)
     }
 
     pub async fn execute(
@@ -71,33 +145,67 @@ where
         meta: &RequestMeta,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
         let metadata = meta.to_metadata();
+        // Not cached: decide on an empty stream, which is right for a new aggregate; for an
+        // existing one the commit conflicts (or the refusal is checked) and it is read.
+        let (mut state, mut sequence) = self.cached(id).unwrap_or_default();
+        let mut verified = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut context = self.store.load_aggregate(id).await?;
+            let mut next = state.clone();
             let sink = EventSink::default();
-            context
-                .aggregate()
-                .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(AggregateError::UserError)?;
+            let handled = next.handle(command.clone(), &self.services, &sink).await;
             let events = sink.collect().await;
-            let state = context.aggregate().clone();
-            if events.is_empty() {
+            if handled.is_err() || events.is_empty() {
+                if !verified {
+                    // Decided on a remembered state: answer only if it is still the stored one.
+                    verified = true;
+                    let known = sequence;
+                    (state, sequence) = self.catch_up(id, state, sequence).await?;
+                    if sequence != known {
+                        continue;
+                    }
+                }
+                handled.map_err(AggregateError::UserError)?;
                 return Ok(Executed {
-                    state,
+                    state: next,
                     events: vec![],
                 });
             }
+            let context = EventStoreAggregateContext {
+                aggregate_id: id.to_owned(),
+                aggregate: next.clone(),
+                current_sequence: sequence,
+                current_snapshot: None,
+            };
             match self.store.commit(events, context, metadata.clone()).await {
-                Ok(events) => return Ok(Executed { state, events }),
+                Ok(events) => {
+                    self.remember(id, &next, sequence + events.len());
+                    return Ok(Executed {
+                        state: next,
+                        events,
+                    });
+                }
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
-                    let jitter = rand::thread_rng().gen_range(0..=(2 * attempt as u64));
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    if verified {
+                        // Another writer appended to this stream first: back off a little.
+                        let jitter = rand::thread_rng().gen_range(0..=(2 * attempt as u64));
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    }
+                    verified = true;
+                    (state, sequence) = self.catch_up(id, state, sequence).await?;
                 }
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// The state and sequence of one aggregate read from the store alone, bypassing the cache
+    /// (what a fresh process would load).
+    pub async fn load_uncached(&self, id: &str) -> Result<(A, usize), AggregateError<A::Error>> {
+        let mut context = self.store.load_aggregate(id).await?;
+        use cqrs_es::AggregateContext;
+        Ok((context.aggregate().clone(), context.current_sequence))
     }
 }
 

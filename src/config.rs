@@ -127,6 +127,12 @@ pub struct Settings {
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// Aggregates (users, sessions) whose state each process keeps in memory per type, so that a
+    /// command needs no load: a stale entry is caught by the commit's sequence check. 0 turns
+    /// the cache off (every command reads its stream).
+    #[arg(long, env = "AGGREGATE_CACHE_SIZE", default_value_t = 4096)]
+    pub aggregate_cache_size: usize,
+
     /// Password hashes computed at once (each takes 19 MiB). Default: the number of cores.
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
     pub password_hash_concurrency: Option<usize>,

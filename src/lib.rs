@@ -23,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event_store;
 pub mod extract;
 pub mod http;
 pub mod mailer;

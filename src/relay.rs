@@ -70,9 +70,12 @@ pub async fn publish_batch(
     js: &jetstream::Context,
     prefix: &str,
 ) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
-    let checkpoint = reader::lock_checkpoint(&mut tx, NAME).await?;
-    let events = reader::read_after(&mut tx, &checkpoint, BATCH_SIZE).await?;
+    let mut conn = pool.acquire().await?;
+    let Some(peeked) = reader::peek(&mut conn, NAME, BATCH_SIZE).await? else {
+        return Ok(0);
+    };
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let (_, events) = reader::read_locked(&mut tx, NAME, peeked, BATCH_SIZE).await?;
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
         let body = integration_event(event);

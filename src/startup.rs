@@ -105,14 +105,28 @@ impl Application {
             Duration::from_secs(settings.login_backoff_max_secs),
         );
         let state = AppState {
-            users: Arc::new(CommandBus::new(pool.clone(), ())),
-            sessions: Arc::new(CommandBus::new(pool.clone(), ())),
+            users: Arc::new(CommandBus::with_cache_capacity(
+                pool.clone(),
+                (),
+                settings.aggregate_cache_size,
+            )),
+            sessions: Arc::new(CommandBus::with_cache_capacity(
+                pool.clone(),
+                (),
+                settings.aggregate_cache_size,
+            )),
             pool,
             settings: Arc::new(settings),
             hasher,
             keys: Arc::new(keys),
             links,
             projectors: Arc::new(projections::all()),
+            catch_up_gates: Arc::new(
+                projections::all()
+                    .iter()
+                    .map(|_| Arc::new(projections::CatchUpGate::default()))
+                    .collect(),
+            ),
             throttle,
             wake: Arc::new(wake_tx),
             nats: nats.clone(),
@@ -163,10 +177,11 @@ impl Application {
             shutdown.clone(),
         ));
         if roles.projectors && settings.run_projectors {
-            for projector in state.projectors.iter() {
+            for (projector, gate) in state.projectors.iter().zip(state.catch_up_gates.iter()) {
                 tasks.spawn(projections::run(
                     state.pool.clone(),
                     projector.clone(),
+                    gate.clone(),
                     wake_rx.clone(),
                     settings.reader_poll(),
                     shutdown.clone(),

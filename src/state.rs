@@ -25,6 +25,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub links: LinkSigner,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
+    /// One per projector, in the same order: see [`projections::CatchUpGate`].
+    pub catch_up_gates: Arc<Vec<Arc<projections::CatchUpGate>>>,
     pub throttle: crate::throttle::LoginThrottle,
     pub nats: async_nats::Client,
     /// Work started by a request that finishes after its response (see
@@ -35,7 +37,9 @@ pub struct AppState {
 
 impl AppState {
     /// Read-your-writes: returns once every read model has applied the event `sequence` of the
-    /// stream, catching up here rather than waiting for the background projectors.
+    /// stream. The request catches the projectors up itself (an `api`-only process has no
+    /// background projectors to wait for), through the gate it shares with the background ones:
+    /// one catch-up serves every request that was waiting.
     pub async fn sync_read_models(
         &self,
         aggregate_type: &str,
@@ -45,36 +49,42 @@ impl AppState {
         let Some(sequence) = sequence else {
             return Ok(());
         };
-        crate::wake::bump(&self.wake);
         let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
-        for projector in self.projectors.iter() {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                projections::catch_up(&self.pool, projector.as_ref())
-                    .await
-                    .map_err(ApiError::internal)?;
-                let mut conn = self.pool.acquire().await?;
-                let done = projections::reader::has_passed(
-                    &mut conn,
-                    projector.name(),
-                    aggregate_type,
-                    aggregate_id,
-                    sequence,
-                )
-                .await?;
-                if done {
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(projector = projector.name(), "read model is lagging");
-                    return Ok(());
-                }
-                // An older transaction is still open; its events must be applied first.
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+        let mut pause = Duration::from_millis(1);
+        let mut lagging: Vec<usize> = (0..self.projectors.len()).collect();
+        loop {
+            let catch_ups = lagging.iter().map(|&i| {
+                self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref())
+            });
+            for result in futures::future::join_all(catch_ups).await {
+                result.map_err(ApiError::internal)?;
             }
+            let names: Vec<&str> = lagging.iter().map(|&i| self.projectors[i].name()).collect();
+            let mut conn = self.pool.acquire().await?;
+            let passed = projections::reader::passed_by(
+                &mut conn,
+                &names,
+                aggregate_type,
+                aggregate_id,
+                sequence,
+            )
+            .await?;
+            drop(conn);
+            lagging.retain(|&i| !passed.iter().any(|p| p == self.projectors[i].name()));
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    projector = self.projectors[lagging[0]].name(),
+                    "read model is lagging"
+                );
+                return Ok(());
+            }
+            // An older transaction is still open; its events must be applied first.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Ok(())
     }
 
     /// Runs a `User` command and waits until the read models show it (read-your-writes). For

@@ -117,3 +117,72 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpus} cores, {model}")
 }
+
+/// CPU seconds (user + system) used so far by the processes a benchmark phase involves: the
+/// service, every Postgres process, nats-server and the load generator itself.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct CpuTimes {
+    pub service: f64,
+    pub postgres: f64,
+    pub nats: f64,
+    pub generator: f64,
+}
+
+fn process_cpu(stat: &str) -> Option<(String, f64)> {
+    // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((comm, ticks / hz))
+}
+
+impl CpuTimes {
+    pub fn now(service_pid: u32) -> Self {
+        let mut times = CpuTimes::default();
+        let me = std::process::id();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return times;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some((comm, secs)) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| process_cpu(&s))
+            else {
+                continue;
+            };
+            if pid == service_pid {
+                times.service += secs;
+            } else if pid == me {
+                times.generator += secs;
+            } else if comm == "postgres" {
+                times.postgres += secs;
+            } else if comm == "nats-server" {
+                times.nats += secs;
+            }
+        }
+        times
+    }
+
+    /// CPU milliseconds per operation of each part between `self` (earlier) and `later`.
+    pub fn per_op_ms(&self, later: &CpuTimes, ops: f64) -> String {
+        let per = |a: f64, b: f64| (b - a) * 1000.0 / ops.max(1.0);
+        format!(
+            "{:.2} | {:.2} | {:.2} | {:.2} | {:.2}",
+            per(self.service, later.service),
+            per(self.postgres, later.postgres),
+            per(self.nats, later.nats),
+            per(self.generator, later.generator),
+            per(
+                self.service + self.postgres + self.nats + self.generator,
+                later.service + later.postgres + later.nats + later.generator
+            ),
+        )
+    }
+}

@@ -18,7 +18,7 @@ pub mod rebuild;
 pub mod runner;
 
 pub use reader::{Checkpoint, StoredEvent};
-pub use runner::{catch_up, run, Projector, Target};
+pub use runner::{catch_up, run, CatchUpGate, Projector, Target};
 
 /// Every projector this crate provides, in a stable order.
 pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {

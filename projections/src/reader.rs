@@ -84,17 +84,20 @@ impl Checkpoint {
 
 /// Locks and returns a reader's checkpoint for the rest of the transaction, creating it if new.
 pub async fn lock_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<Checkpoint> {
+    const LOCK: &str = "select transaction_id::text as transaction_id, position
+                          from reader_checkpoint where name = $1 for update";
+    if let Some(checkpoint) = sqlx::query_as(LOCK)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(checkpoint);
+    }
     sqlx::query("insert into reader_checkpoint (name) values ($1) on conflict do nothing")
         .bind(name)
         .execute(&mut *conn)
         .await?;
-    sqlx::query_as(
-        "select transaction_id::text as transaction_id, position
-           from reader_checkpoint where name = $1 for update",
-    )
-    .bind(name)
-    .fetch_one(conn)
-    .await
+    sqlx::query_as(LOCK).bind(name).fetch_one(conn).await
 }
 
 pub async fn save_checkpoint(
@@ -127,6 +130,74 @@ pub const READ_AFTER: &str =
           order by events.transaction_id, events.global_position
           limit $3";
 
+/// `READ_AFTER` from the checkpoint of the reader `$1` as it is now (the start for a reader
+/// without one), without locking it, with that checkpoint on every row.
+pub const PEEK_AFTER: &str =
+    "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
+                (select c.transaction_id::text from reader_checkpoint c where c.name = $1)
+                    as checkpoint_transaction_id,
+                (select c.position from reader_checkpoint c where c.name = $1)
+                    as checkpoint_position
+           from events
+          where (transaction_id, global_position) >
+                (coalesce((select c.transaction_id from reader_checkpoint c where c.name = $1),
+                          '0'::xid8),
+                 coalesce((select c.position from reader_checkpoint c where c.name = $1), 0))
+            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by events.transaction_id, events.global_position
+          limit $2";
+
+#[derive(FromRow)]
+struct PeekedRow {
+    #[sqlx(flatten)]
+    event: StoredEvent,
+    checkpoint_transaction_id: Option<String>,
+    checkpoint_position: Option<i64>,
+}
+
+/// What the reader `name` would read next, seen without taking its lock (one statement, outside
+/// any transaction): `None` when there is nothing new, which is what most wake-ups find. Else
+/// the checkpoint the events follow, for [`read_locked`] to compare with the locked one.
+pub async fn peek(
+    conn: &mut PgConnection,
+    name: &str,
+    limit: i64,
+) -> sqlx::Result<Option<(Checkpoint, Vec<StoredEvent>)>> {
+    let rows: Vec<PeekedRow> = sqlx::query_as(PEEK_AFTER)
+        .bind(name)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let checkpoint = Checkpoint {
+        transaction_id: first
+            .checkpoint_transaction_id
+            .clone()
+            .unwrap_or_else(|| "0".into()),
+        position: first.checkpoint_position.unwrap_or(0),
+    };
+    Ok(Some((checkpoint, rows.into_iter().map(|r| r.event).collect())))
+}
+
+/// In a transaction: locks the reader's checkpoint and returns it with the events after it,
+/// reusing what `peeked` saw when the checkpoint has not moved since (else reading again).
+pub async fn read_locked(
+    conn: &mut PgConnection,
+    name: &str,
+    peeked: (Checkpoint, Vec<StoredEvent>),
+    limit: i64,
+) -> sqlx::Result<(Checkpoint, Vec<StoredEvent>)> {
+    let checkpoint = lock_checkpoint(&mut *conn, name).await?;
+    if checkpoint == peeked.0 {
+        return Ok((checkpoint, peeked.1));
+    }
+    let events = read_after(conn, &checkpoint, limit).await?;
+    Ok((checkpoint, events))
+}
+
 /// The next events after `checkpoint` whose transactions are certainly finished: an event of a
 /// transaction still running below the snapshot's xmin could commit later with a lower position.
 pub async fn read_after(
@@ -143,24 +214,24 @@ pub async fn read_after(
 }
 
 /// Whether the reader `name` has handled the event at `(aggregate_type, aggregate_id, sequence)`.
-pub async fn has_passed(
+/// Which of the projectors `names` have applied the event `sequence` of the stream (one query).
+pub async fn passed_by(
     conn: &mut PgConnection,
-    name: &str,
+    names: &[&str],
     aggregate_type: &str,
     aggregate_id: &str,
     sequence: i64,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
-        "select coalesce((
-            select (e.transaction_id, e.global_position) <= (c.transaction_id, c.position)
-              from events e, reader_checkpoint c
-             where e.aggregate_type = $2 and e.aggregate_id = $3 and e.sequence = $4
-               and c.name = $1), false)",
+        "select c.name from events e, reader_checkpoint c
+          where e.aggregate_type = $2 and e.aggregate_id = $3 and e.sequence = $4
+            and c.name = any($1)
+            and (e.transaction_id, e.global_position) <= (c.transaction_id, c.position)",
     )
-    .bind(name)
+    .bind(names)
     .bind(aggregate_type)
     .bind(aggregate_id)
     .bind(sequence)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await
 }

@@ -73,9 +73,12 @@ pub trait Projector: Send + Sync {
 
 /// Handles one batch; returns how many events it applied.
 pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
-    let checkpoint = reader::lock_checkpoint(&mut tx, projector.name()).await?;
-    let events = reader::read_after(&mut tx, &checkpoint, BATCH_SIZE).await?;
+    let mut conn = pool.acquire().await?;
+    let Some(peeked) = reader::peek(&mut conn, projector.name(), BATCH_SIZE).await? else {
+        return Ok(0);
+    };
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let (_, events) = reader::read_locked(&mut tx, projector.name(), peeked, BATCH_SIZE).await?;
     projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {
         reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;
@@ -96,17 +99,50 @@ pub async fn catch_up(pool: &PgPool, projector: &dyn Projector) -> anyhow::Resul
     }
 }
 
-/// Runs a projector until `shutdown`: catches up whenever `wake` changes and every `poll`.
+/// Catch-ups on behalf of many requests at once (read-your-writes): a request that has committed
+/// its events asks for a catch-up; if one that *started* after the request asked has finished
+/// meanwhile, it already covered the request's events and nothing more is done. Under load, one
+/// catch-up serves every request that arrived while the previous one ran, instead of each
+/// request queueing on the checkpoint lock for its own.
+#[derive(Default)]
+pub struct CatchUpGate {
+    /// Tickets handed out so far (one per request).
+    tickets: std::sync::atomic::AtomicU64,
+    /// Held while catching up: the last ticket a finished catch-up covered.
+    covered: tokio::sync::Mutex<u64>,
+}
+
+impl CatchUpGate {
+    /// Returns once a catch-up that started after this call has run (this one or another).
+    pub async fn catch_up(&self, pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.covered.lock().await;
+        if *covered >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken before this catch-up starts reading.
+        let upto = self.tickets.load(Ordering::SeqCst);
+        catch_up(pool, projector).await?;
+        *covered = upto;
+        Ok(())
+    }
+}
+
+/// Runs a projector until `shutdown`: catches up whenever `wake` changes and every `poll`,
+/// through `gate`, which it shares with the requests that catch up for read-your-writes (so a
+/// wake-up that a request's catch-up already covered costs nothing).
 /// Errors are logged and retried after `poll`: a read model lags, it never stops for good.
 pub async fn run(
     pool: PgPool,
     projector: Arc<dyn Projector>,
+    gate: Arc<CatchUpGate>,
     mut wake: watch::Receiver<u64>,
     poll: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        if let Err(error) = catch_up(&pool, projector.as_ref()).await {
+        if let Err(error) = gate.catch_up(&pool, projector.as_ref()).await {
             tracing::warn!(projector = projector.name(), error = %error, "projector batch failed");
         }
         tokio::select! {

@@ -320,24 +320,27 @@ async fn the_reader_walks_the_event_index_in_commit_order_without_sorting() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let explain = format!(
-        "explain {}",
-        projections::reader::READ_AFTER
-            .replace("$1", "'0'")
-            .replace("$2", "0")
-            .replace("$3", "500")
-    );
-    let plan: Vec<String> = sqlx::query_scalar(&explain)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    let plan = plan.join("\n");
-    assert!(
-        plan.contains("Index Scan using events_reader_order"),
-        "{plan}"
-    );
-    assert!(
-        !plan.contains("Sort"),
-        "the reader sorts instead of walking the index:\n{plan}"
-    );
+    // The locked read, and the look without a lock that precedes it.
+    let read_after = projections::reader::READ_AFTER
+        .replace("$1", "'0'")
+        .replace("$2", "0")
+        .replace("$3", "500");
+    let peek = projections::reader::PEEK_AFTER
+        .replace("$1", "'profile'")
+        .replace("$2", "500");
+    for query in [read_after, peek] {
+        let plan: Vec<String> = sqlx::query_scalar(&format!("explain {query}"))
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Scan using events_reader_order"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("Sort"),
+            "the reader sorts instead of walking the index:\n{plan}"
+        );
+    }
 }
