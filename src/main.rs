@@ -98,20 +98,7 @@ enum KeysAction {
     Rotate(Settings),
 }
 
-/// Each password hash allocates 19 MiB. glibc serves allocations that size from per-thread
-/// arenas once its dynamic mmap threshold has risen, and keeps the memory: under login load the
-/// process grew to ~580 MB (docs/BENCHMARKS.md). A fixed threshold returns every hash's memory
-/// to the system when it is freed, so memory stays bounded by the hashing concurrency.
-fn bound_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    bound_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -50,3 +50,31 @@ pub async fn user_by_email(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result
         .fetch_optional(db)
         .await
 }
+
+/// The owner of an e-mail address and the hashes of its newest credentials, in one query: the
+/// login path then needs no second look-up for the hash the owner's stream names (an older
+/// or newer one is read by id).
+pub async fn login_candidates(
+    db: impl PgExecutor<'_>,
+    email: &str,
+) -> sqlx::Result<Option<(Uuid, Vec<(Uuid, String)>)>> {
+    let rows: Vec<(Uuid, Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "select i.user_id, c.id, c.password_hash
+           from user_identities i
+           left join lateral (select id, password_hash from credential
+                               where user_id = i.user_id
+                               order by created_at desc limit 2) c on true
+          where i.kind = 'email' and i.value = $1",
+    )
+    .bind(email.to_lowercase())
+    .fetch_all(db)
+    .await?;
+    let Some(owner) = rows.first().map(|r| r.0) else {
+        return Ok(None);
+    };
+    let hashes = rows
+        .into_iter()
+        .filter_map(|(_, id, hash)| id.zip(hash))
+        .collect();
+    Ok(Some((owner, hashes)))
+}

@@ -133,27 +133,28 @@ pub const READ_AFTER: &str =
 /// `READ_AFTER` from the checkpoint of the reader `$1` as it is now (the start for a reader
 /// without one), without locking it, with that checkpoint on every row.
 pub const PEEK_AFTER: &str =
-    "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
-                (select c.transaction_id::text from reader_checkpoint c where c.name = $1)
-                    as checkpoint_transaction_id,
-                (select c.position from reader_checkpoint c where c.name = $1)
-                    as checkpoint_position
-           from events
-          where (transaction_id, global_position) >
-                (coalesce((select c.transaction_id from reader_checkpoint c where c.name = $1),
-                          '0'::xid8),
-                 coalesce((select c.position from reader_checkpoint c where c.name = $1), 0))
-            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          order by events.transaction_id, events.global_position
-          limit $2";
+    "select e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+            e.payload, e.metadata, e.global_position, e.transaction_id::text as transaction_id,
+            e.recorded_at, c.transaction_id::text as checkpoint_transaction_id,
+            c.position as checkpoint_position
+       from (select transaction_id, position from reader_checkpoint where name = $1
+             union all
+             select '0'::xid8, 0
+              where not exists (select from reader_checkpoint where name = $1)) c
+       cross join lateral (
+             select * from events
+              where (events.transaction_id, events.global_position)
+                    > (c.transaction_id, c.position)
+                and events.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              order by events.transaction_id, events.global_position
+              limit $2) e";
 
 #[derive(FromRow)]
 struct PeekedRow {
     #[sqlx(flatten)]
     event: StoredEvent,
-    checkpoint_transaction_id: Option<String>,
-    checkpoint_position: Option<i64>,
+    checkpoint_transaction_id: String,
+    checkpoint_position: i64,
 }
 
 /// What the reader `name` would read next, seen without taking its lock (one statement, outside
@@ -173,11 +174,8 @@ pub async fn peek(
         return Ok(None);
     };
     let checkpoint = Checkpoint {
-        transaction_id: first
-            .checkpoint_transaction_id
-            .clone()
-            .unwrap_or_else(|| "0".into()),
-        position: first.checkpoint_position.unwrap_or(0),
+        transaction_id: first.checkpoint_transaction_id.clone(),
+        position: first.checkpoint_position,
     };
     Ok(Some((checkpoint, rows.into_iter().map(|r| r.event).collect())))
 }

@@ -139,19 +139,23 @@ async fn verify_login(
     email: &Email,
     password: &SecretString,
 ) -> ApiResult<(Option<User>, bool)> {
-    let user = match store::user_by_email(&state.pool, email.as_str()).await? {
-        Some(id) => Some(
-            state
+    let (user, hash) = match store::login_candidates(&state.pool, email.as_str()).await? {
+        Some((owner, hashes)) => {
+            let user = state
                 .users
-                .load(&id.to_string())
+                .load(&owner.to_string())
                 .await
-                .map_err(aggregate_error)?,
-        ),
-        None => None,
-    };
-    let hash = match user.as_ref().and_then(|u| u.credential_id) {
-        Some(id) => store::password_hash(&state.pool, id).await?,
-        None => None,
+                .map_err(aggregate_error)?;
+            let hash = match user.credential_id {
+                Some(current) => match hashes.into_iter().find(|(id, _)| *id == current) {
+                    Some((_, hash)) => Some(hash),
+                    None => store::password_hash(&state.pool, current).await?,
+                },
+                None => None,
+            };
+            (Some(user), hash)
+        }
+        None => (None, None),
     };
     let ok = state
         .hasher

@@ -93,6 +93,12 @@ async fn metrics_show_requests_hashing_lag_and_mails() {
 #[tokio::test]
 async fn readiness_names_the_failing_part() {
     let app = TestApp::spawn().await;
+    // NATS connects in the background: ready once it has (a probe polls, and so do we).
+    eventually(|| async {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        response.status() == StatusCode::OK
+    })
+    .await;
     let ready = json_of(
         app.client.get(app.url("/readyz")).send().await.unwrap(),
         StatusCode::OK,
