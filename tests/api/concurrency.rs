@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use futures::future::join_all;
+use reqwest::StatusCode;
 use serde_json::Value;
 
 #[tokio::test]
@@ -47,4 +48,160 @@ async fn twenty_concurrent_registrations_of_one_username_make_one_account_and_ni
     assert_eq!(statuses.iter().filter(|s| s.as_u16() == 201).count(), 1);
     assert_eq!(statuses.iter().filter(|s| s.as_u16() == 400).count(), 19);
     assert_eq!(app.count_events("Registered").await, 1);
+}
+
+/// Two command buses on one database behave as two processes, each with its own aggregate cache.
+fn session_buses(app: &TestApp) -> [accounts::commands::CommandBus<aggregates::Session>; 2] {
+    [
+        accounts::commands::CommandBus::new(app.pool.clone(), ()),
+        accounts::commands::CommandBus::new(app.pool.clone(), ()),
+    ]
+}
+
+fn refresh(generation: u32) -> aggregates::session::SessionCommand {
+    aggregates::session::SessionCommand::Refresh {
+        generation,
+        current_epoch: 0,
+        ttl: chrono::Duration::hours(1),
+        grace: chrono::Duration::seconds(30),
+        now: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_process_with_a_stale_cached_session_decides_on_what_is_stored() {
+    use aggregates::session::{SessionCommand, SessionError};
+    use cqrs_es::AggregateError;
+    let app = TestApp::spawn().await;
+    let meta = accounts::extract::RequestMeta::default();
+    let [here, there] = session_buses(&app);
+    let session_id = uuid::Uuid::new_v4();
+    let id = session_id.to_string();
+    let start = SessionCommand::Start {
+        session_id,
+        user_id: uuid::Uuid::new_v4(),
+        token_epoch: 0,
+        ttl: chrono::Duration::hours(1),
+        now: chrono::Utc::now(),
+    };
+    // `here` caches the session at generation 0; `there` rotates it to generation 1.
+    here.execute(&id, start, &meta).await.unwrap();
+    there.execute(&id, refresh(0), &meta).await.unwrap();
+
+    // Generation 1 is not valid on the cached state: the refusal is checked against the store,
+    // and the command is decided again on the stored state.
+    let done = here.execute(&id, refresh(1), &meta).await.unwrap();
+    assert_eq!(done.state.generation, 2);
+    assert_eq!(done.last_sequence(), Some(3));
+
+    // `there` logs out; `here` still caches a live session at generation 2. Its commit of a
+    // rotation conflicts with the logout, and decided again the rotation is refused: a
+    // logged-out chain never comes back through a stale cache.
+    there
+        .execute(
+            &id,
+            SessionCommand::Logout {
+                now: chrono::Utc::now(),
+            },
+            &meta,
+        )
+        .await
+        .unwrap();
+    let refused = here.execute(&id, refresh(2), &meta).await;
+    assert!(
+        matches!(
+            refused,
+            Err(AggregateError::UserError(SessionError::InvalidToken))
+        ),
+        "a logged-out session was refreshed"
+    );
+    let stored: Vec<(i64, String)> = sqlx::query_as(
+        "select sequence, event_type from events where aggregate_id = $1 order by sequence",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(types, ["Started", "Refreshed", "Refreshed", "LoggedOut"]);
+    assert_eq!(
+        stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // Both caches now hold exactly what a fresh process would load.
+    let (fresh, sequence) = here.load_uncached(&id).await.unwrap();
+    assert_eq!(sequence, 4);
+    assert!(fresh.ended);
+    assert_eq!(here.load(&id).await.unwrap(), fresh);
+    assert_eq!(there.load(&id).await.unwrap(), fresh);
+}
+
+#[tokio::test]
+async fn a_login_through_another_process_sees_a_password_changed_through_this_one() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("mover", "mover@example.com").await;
+    // A second API process on the same database, whose cache now holds the user.
+    let other = TestApp::start(
+        app.settings.clone(),
+        SmtpSink::start().await,
+        accounts::Roles::API,
+    )
+    .await;
+    json_of(
+        other.login("mover@example.com", PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    let new_password = "a different passphrase for mover 42";
+    json_of(
+        app.change_password(&access, PASSWORD, new_password).await,
+        StatusCode::OK,
+    )
+    .await;
+    json_of(
+        other.login("mover@example.com", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    json_of(
+        other.login("mover@example.com", new_password).await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_logins_each_see_their_own_login_on_the_dashboard_at_once() {
+    let app = TestApp::spawn().await;
+    for i in 0..8 {
+        app.active_user(&format!("crowd{i}"), &format!("crowd{i}@example.com"))
+            .await;
+    }
+    let dashboards = join_all((0..8).map(|i| {
+        let app = &app;
+        async move {
+            let login = json_of(
+                app.login(&format!("crowd{i}@example.com"), PASSWORD).await,
+                StatusCode::OK,
+            )
+            .await;
+            let token = login["access_token"].as_str().unwrap().to_owned();
+            json_of(
+                app.get_authed("/accounts/api/dashboard/", &token).await,
+                StatusCode::OK,
+            )
+            .await
+        }
+    }))
+    .await;
+    for dash in dashboards {
+        let logins = dash["recent_history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["event"] == "logged_in")
+            .count();
+        // One from `active_user`, one from this round: both shown the moment the login answered.
+        assert_eq!(logins, 2, "{dash}");
+    }
 }
