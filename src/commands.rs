@@ -138,6 +138,20 @@ where
         Ok(self.catch_up(id, state, sequence).await?.0)
     }
 
+    /// The state of one aggregate whose stream is known to end at `last_sequence` (read by the
+    /// caller just before): the cached state if it is that one, without a query.
+    pub async fn load_at(
+        &self,
+        id: &str,
+        last_sequence: usize,
+    ) -> Result<A, AggregateError<A::Error>> {
+        let (state, sequence) = self.cached(id).unwrap_or_default();
+        if sequence == last_sequence && sequence > 0 {
+            return Ok(state);
+        }
+        Ok(self.catch_up(id, state, sequence).await?.0)
+    }
+
     pub async fn execute(
         &self,
         id: &str,

@@ -53,9 +53,9 @@ impl AppState {
         let mut pause = Duration::from_millis(1);
         let mut lagging: Vec<usize> = (0..self.projectors.len()).collect();
         loop {
-            let catch_ups = lagging.iter().map(|&i| {
-                self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref())
-            });
+            let catch_ups = lagging
+                .iter()
+                .map(|&i| self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref()));
             for result in futures::future::join_all(catch_ups).await {
                 result.map_err(ApiError::internal)?;
             }

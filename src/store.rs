@@ -51,15 +51,28 @@ pub async fn user_by_email(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result
         .await
 }
 
-/// The owner of an e-mail address and the hashes of its newest credentials, in one query: the
-/// login path then needs no second look-up for the hash the owner's stream names (an older
-/// or newer one is read by id).
-pub async fn login_candidates(
+/// What a login needs to know before it loads the account: the owner of an e-mail address,
+/// the last sequence of the owner's stream (so a cached state that is current needs no read) and
+/// the hashes of the owner's newest credentials (so the one the stream names needs no second
+/// look-up), all in one query.
+pub struct LoginCandidate {
+    pub user_id: Uuid,
+    pub last_sequence: i64,
+    pub hashes: Vec<(Uuid, String)>,
+}
+
+/// `(user_id, last sequence, credential id, hash)`: one row per recent credential.
+type CandidateRow = (Uuid, Option<i64>, Option<Uuid>, Option<String>);
+
+pub async fn login_candidate(
     db: impl PgExecutor<'_>,
     email: &str,
-) -> sqlx::Result<Option<(Uuid, Vec<(Uuid, String)>)>> {
-    let rows: Vec<(Uuid, Option<Uuid>, Option<String>)> = sqlx::query_as(
-        "select i.user_id, c.id, c.password_hash
+) -> sqlx::Result<Option<LoginCandidate>> {
+    let rows: Vec<CandidateRow> = sqlx::query_as(
+        "select i.user_id,
+                (select max(e.sequence) from events e
+                  where e.aggregate_type = 'User' and e.aggregate_id = i.user_id::text),
+                c.id, c.password_hash
            from user_identities i
            left join lateral (select id, password_hash from credential
                                where user_id = i.user_id
@@ -69,12 +82,16 @@ pub async fn login_candidates(
     .bind(email.to_lowercase())
     .fetch_all(db)
     .await?;
-    let Some(owner) = rows.first().map(|r| r.0) else {
+    let Some(&(user_id, last_sequence, _, _)) = rows.first() else {
         return Ok(None);
     };
     let hashes = rows
         .into_iter()
-        .filter_map(|(_, id, hash)| id.zip(hash))
+        .filter_map(|(_, _, id, hash)| id.zip(hash))
         .collect();
-    Ok(Some((owner, hashes)))
+    Ok(Some(LoginCandidate {
+        user_id,
+        last_sequence: last_sequence.unwrap_or(0),
+        hashes,
+    }))
 }

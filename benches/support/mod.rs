@@ -148,7 +148,11 @@ impl CpuTimes {
             return times;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Some((comm, secs)) = std::fs::read_to_string(entry.path().join("stat"))

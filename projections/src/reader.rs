@@ -177,7 +177,10 @@ pub async fn peek(
         transaction_id: first.checkpoint_transaction_id.clone(),
         position: first.checkpoint_position,
     };
-    Ok(Some((checkpoint, rows.into_iter().map(|r| r.event).collect())))
+    Ok(Some((
+        checkpoint,
+        rows.into_iter().map(|r| r.event).collect(),
+    )))
 }
 
 /// In a transaction: locks the reader's checkpoint and returns it with the events after it,

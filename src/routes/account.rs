@@ -139,18 +139,23 @@ async fn verify_login(
     email: &Email,
     password: &SecretString,
 ) -> ApiResult<(Option<User>, bool)> {
-    let (user, hash) = match store::login_candidates(&state.pool, email.as_str()).await? {
-        Some((owner, hashes)) => {
+    let (user, hash) = match store::login_candidate(&state.pool, email.as_str()).await? {
+        Some(candidate) => {
             let user = state
                 .users
-                .load(&owner.to_string())
+                .load_at(
+                    &candidate.user_id.to_string(),
+                    candidate.last_sequence as usize,
+                )
                 .await
                 .map_err(aggregate_error)?;
             let hash = match user.credential_id {
-                Some(current) => match hashes.into_iter().find(|(id, _)| *id == current) {
-                    Some((_, hash)) => Some(hash),
-                    None => store::password_hash(&state.pool, current).await?,
-                },
+                Some(current) => {
+                    match candidate.hashes.into_iter().find(|(id, _)| *id == current) {
+                        Some((_, hash)) => Some(hash),
+                        None => store::password_hash(&state.pool, current).await?,
+                    }
+                }
                 None => None,
             };
             (Some(user), hash)
