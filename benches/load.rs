@@ -2,7 +2,7 @@
 //! the service running as its own process (`accounts serve`, release build). Writes
 //! docs/BENCHMARKS.md (block `load`).
 //!
-//! `cargo bench --bench load` (BENCH_SECONDS=N per phase, default 6).
+//! `cargo bench --bench load` (BENCH_SECONDS=N per phase, default 6; BENCH_WRITE=0 prints only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // the shared SMTP sink is test code
 
@@ -593,8 +593,11 @@ async fn main() -> anyhow::Result<()> {
         rows = rows.join("\n"),
         cpu_rows = cpu_rows.join("\n"),
     );
-    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
-    write_block(&doc, "load", &text)?;
+    // BENCH_WRITE=0 (e.g. under a profiler): print only.
+    if std::env::var("BENCH_WRITE").as_deref() != Ok("0") {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
+        write_block(&doc, "load", &text)?;
+    }
     println!("{text}");
     Ok(())
 }
