@@ -119,6 +119,7 @@ impl TestApp {
         let port = app.port();
         let pool = app.state().pool.clone();
         let keys = app.state().keys.clone();
+        let service_nats = app.state().nats.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
@@ -129,6 +130,14 @@ impl TestApp {
             .connect(settings.nats_url.as_str())
             .await
             .expect("a NATS URL");
+        // The service connects to NATS in the background; like a deployment that waits for
+        // readiness, a test starts once it has (or after 5 s, for tests where NATS is away).
+        for _ in 0..500 {
+            if service_nats.connection_state() == async_nats::connection::State::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         TestApp {
             address: format!("http://127.0.0.1:{}", port.unwrap_or(0)),
             client: reqwest::Client::new(),
