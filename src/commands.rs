@@ -160,9 +160,16 @@ where
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
         let metadata = meta.to_metadata();
         // Not cached: decide on an empty stream, which is right for a new aggregate; for an
-        // existing one the commit conflicts (or the refusal is checked) and it is read.
-        let (mut state, mut sequence) = self.cached(id).unwrap_or_default();
-        let mut verified = false;
+        // existing one the commit conflicts (or the refusal is checked) and it is read. Without
+        // a cache, read first as cqrs-es does.
+        let (mut state, mut sequence, mut verified) = match (&self.cache, self.cached(id)) {
+            (_, Some((state, sequence))) => (state, sequence, false),
+            (Some(_), None) => (A::default(), 0, false),
+            (None, None) => {
+                let (state, sequence) = self.catch_up(id, A::default(), 0).await?;
+                (state, sequence, true)
+            }
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -208,6 +215,16 @@ where
                     }
                     verified = true;
                     (state, sequence) = self.catch_up(id, state, sequence).await?;
+                }
+                Err(error) if !verified => {
+                    // Refused by the store (e.g. the identity trigger) on a remembered state:
+                    // decide again if the stream has moved, else the refusal stands.
+                    verified = true;
+                    let known = sequence;
+                    (state, sequence) = self.catch_up(id, state, sequence).await?;
+                    if sequence == known {
+                        return Err(error);
+                    }
                 }
                 Err(error) => return Err(error),
             }

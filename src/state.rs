@@ -56,7 +56,13 @@ impl AppState {
             let catch_ups = lagging
                 .iter()
                 .map(|&i| self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref()));
-            for result in futures::future::join_all(catch_ups).await {
+            let Ok(results) =
+                tokio::time::timeout_at(deadline, futures::future::join_all(catch_ups)).await
+            else {
+                tracing::warn!("read models are lagging");
+                return Ok(());
+            };
+            for result in results {
                 result.map_err(ApiError::internal)?;
             }
             let names: Vec<&str> = lagging.iter().map(|&i| self.projectors[i].name()).collect();

@@ -74,16 +74,14 @@ pub(crate) async fn login(
     form.finish()?;
 
     let key = email.normalized();
-    // Admission and the account look-up are independent: both at once (one round trip less).
-    let (admission, candidate) = tokio::join!(
-        state.throttle.admit(&key),
-        store::login_candidate(&state.pool, email.as_str())
-    );
-    if let Err(wait) = admission? {
+    // Admission first: a refused attempt touches no account (cheap under a flood of guesses,
+    // and its timing says nothing about the address).
+    if let Err(wait) = state.throttle.admit(&key).await? {
         return Err(ApiError::Throttled {
             retry_after_secs: wait.retry_after_secs,
         });
     }
+    let candidate = store::login_candidate(&state.pool, email.as_str()).await;
     let verified = verify_login(&state, candidate, &password).await;
     let (user, ok) = match verified {
         Ok(found) => found,
@@ -121,13 +119,16 @@ pub(crate) async fn login(
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: Utc::now(),
     };
-    // Releasing the admission and starting the session are independent too.
+    // Releasing the admission and starting the session are independent: both at once. A failed
+    // release only leaves the attempt counted as in flight until it goes stale; the login stands.
     let (released, started) = tokio::join!(
         state.throttle.succeeded(&key),
         state.sessions.execute(&id, command, &meta)
     );
-    released?;
     let done = started.map_err(aggregate_error)?;
+    if let Err(error) = released {
+        tracing::warn!(%error, "cannot release a login admission");
+    }
     state
         .sync_read_models("Session", &id, done.last_sequence())
         .await?;

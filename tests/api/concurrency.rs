@@ -50,11 +50,15 @@ async fn twenty_concurrent_registrations_of_one_username_make_one_account_and_ni
     assert_eq!(app.count_events("Registered").await, 1);
 }
 
-/// Two command buses on one database behave as two processes, each with its own aggregate cache.
-fn session_buses(app: &TestApp) -> [accounts::commands::CommandBus<aggregates::Session>; 2] {
+/// Two command buses on one database behave as two processes, each with its own aggregate cache
+/// of `capacity` entries (0: none).
+fn session_buses(
+    app: &TestApp,
+    capacity: usize,
+) -> [accounts::commands::CommandBus<aggregates::Session>; 2] {
     [
-        accounts::commands::CommandBus::new(app.pool.clone(), ()),
-        accounts::commands::CommandBus::new(app.pool.clone(), ()),
+        accounts::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
+        accounts::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
     ]
 }
 
@@ -70,11 +74,17 @@ fn refresh(generation: u32) -> aggregates::session::SessionCommand {
 
 #[tokio::test]
 async fn a_process_with_a_stale_cached_session_decides_on_what_is_stored() {
+    let app = TestApp::spawn().await;
+    stale_session_case(&app, accounts::commands::DEFAULT_CACHE_CAPACITY).await;
+    // The same story with the cache off (AGGREGATE_CACHE_SIZE=0): every command reads first.
+    stale_session_case(&app, 0).await;
+}
+
+async fn stale_session_case(app: &TestApp, capacity: usize) {
     use aggregates::session::{SessionCommand, SessionError};
     use cqrs_es::AggregateError;
-    let app = TestApp::spawn().await;
     let meta = accounts::extract::RequestMeta::default();
-    let [here, there] = session_buses(&app);
+    let [here, there] = session_buses(app, capacity);
     let session_id = uuid::Uuid::new_v4();
     let id = session_id.to_string();
     let start = SessionCommand::Start {
