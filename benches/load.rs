@@ -320,10 +320,7 @@ async fn main() -> anyhow::Result<()> {
     let verifications = (verify_after.2 - verify_before.2).max(1.0);
     let verify_in_service_ms = (verify_after.0 - verify_before.0) * 1000.0 / verifications;
     let verify_cpu_in_service_ms = (verify_after.1 - verify_before.1) * 1000.0 / verifications;
-    cpu_rows.push(format!(
-        "| login (saturation) | {} |",
-        cpu.per_op_ms(&CpuTimes::now(pid), login_lat.len() as f64)
-    ));
+    cpu_rows.push(cpu.row_since("login (saturation)", pid, login_lat.len()));
     let loaded_rss = *rss_probe.lock().unwrap_or_else(|e| e.into_inner());
     let paced_rate = login_rate * 0.8;
     let interval = Duration::from_secs_f64(1.0 / paced_rate.max(1.0));
@@ -383,10 +380,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu = CpuTimes::now(pid);
     let (profile_rate, profile_lat) = closed_loop(32, secs, profile).await;
-    cpu_rows.push(format!(
-        "| `GET /accounts/api/get/profile/` | {} |",
-        cpu.per_op_ms(&CpuTimes::now(pid), profile_lat.len() as f64)
-    ));
+    cpu_rows.push(cpu.row_since("`GET /accounts/api/get/profile/`", pid, profile_lat.len()));
     let bare = bare_profile_server(pool.clone()).await?;
     let bare_get = |c: usize, _i: usize| {
         let client = client.clone();
@@ -435,10 +429,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu = CpuTimes::now(pid);
     let (refresh_rate, refresh_lat) = closed_loop(32, secs, refresh).await;
-    cpu_rows.push(format!(
-        "| refresh | {} |",
-        cpu.per_op_ms(&CpuTimes::now(pid), refresh_lat.len() as f64)
-    ));
+    cpu_rows.push(cpu.row_since("refresh", pid, refresh_lat.len()));
 
     // Appends through the command path (no hashing), next to bare single-row INSERTs of the same
     // rows into the same table; relay and projection latency measured under this load.
@@ -531,10 +522,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu = CpuTimes::now(pid);
     let ((append_rate, append_lat), relay_lat, projection_lat) =
         tokio::join!(closed_loop(8, secs, append), relay_probe, projection_probe);
-    cpu_rows.push(format!(
-        "| append through the command path (in the generator's process; the service relays and projects) | {} |",
-        cpu.per_op_ms(&CpuTimes::now(pid), append_lat.len() as f64)
-    ));
+    cpu_rows.push(cpu.row_since("append through the command path (in the generator's process; the service relays and projects)", pid, append_lat.len()));
     let insert = |c: usize, i: usize| {
         let pool = &pool;
         async move {
@@ -545,10 +533,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu = CpuTimes::now(pid);
     let (insert_rate, insert_lat) = closed_loop(8, secs, insert).await;
-    cpu_rows.push(format!(
-        "| bare single-row INSERT (baseline) | {} |",
-        cpu.per_op_ms(&CpuTimes::now(pid), insert_lat.len() as f64)
-    ));
+    cpu_rows.push(cpu.row_since("bare single-row INSERT (baseline)", pid, insert_lat.len()));
     drop(service);
     pool.close().await;
     let cleanup = support::BenchApp::start(

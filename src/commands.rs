@@ -132,6 +132,18 @@ where
         Ok((state, sequence))
     }
 
+    /// Reads the events after `*sequence` into `state` and `sequence`; whether there were any.
+    async fn advance(
+        &self,
+        id: &str,
+        state: &mut A,
+        sequence: &mut usize,
+    ) -> Result<bool, AggregateError<A::Error>> {
+        let known = *sequence;
+        (*state, *sequence) = self.catch_up(id, std::mem::take(state), known).await?;
+        Ok(*sequence != known)
+    }
+
     /// The current state of one aggregate (a default, unregistered one if its stream is empty).
     pub async fn load(&self, id: &str) -> Result<A, AggregateError<A::Error>> {
         let (state, sequence) = self.cached(id).unwrap_or_default();
@@ -181,9 +193,7 @@ where
                 if !verified {
                     // Decided on a remembered state: answer only if it is still the stored one.
                     verified = true;
-                    let known = sequence;
-                    (state, sequence) = self.catch_up(id, state, sequence).await?;
-                    if sequence != known {
+                    if self.advance(id, &mut state, &mut sequence).await? {
                         continue;
                     }
                 }
@@ -214,15 +224,13 @@ where
                         tokio::time::sleep(Duration::from_millis(jitter)).await;
                     }
                     verified = true;
-                    (state, sequence) = self.catch_up(id, state, sequence).await?;
+                    self.advance(id, &mut state, &mut sequence).await?;
                 }
                 Err(error) if !verified => {
                     // Refused by the store (e.g. the identity trigger) on a remembered state:
                     // decide again if the stream has moved, else the refusal stands.
                     verified = true;
-                    let known = sequence;
-                    (state, sequence) = self.catch_up(id, state, sequence).await?;
-                    if sequence == known {
+                    if !self.advance(id, &mut state, &mut sequence).await? {
                         return Err(error);
                     }
                 }

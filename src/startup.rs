@@ -56,7 +56,8 @@ pub struct Application {
     state: AppState,
     roles: Roles,
     nats: async_nats::Client,
-    wake_rx: watch::Receiver<u64>,
+    /// Bumped on every `NOTIFY events_appended`; relay and projectors wait on it.
+    wake: (watch::Sender<u64>, watch::Receiver<u64>),
 }
 
 /// Connects to Postgres, creating the database and running migrations first.
@@ -97,7 +98,6 @@ impl Application {
         } else {
             None
         };
-        let (wake_tx, wake_rx) = watch::channel(0u64);
         let throttle = LoginThrottle::new(
             pool.clone(),
             settings.login_failure_limit,
@@ -128,7 +128,6 @@ impl Application {
                     .collect(),
             ),
             throttle,
-            wake: Arc::new(wake_tx),
             nats: nats.clone(),
             background: tokio_util::task::TaskTracker::new(),
         };
@@ -137,7 +136,7 @@ impl Application {
             state,
             roles,
             nats,
-            wake_rx,
+            wake: watch::channel(0u64),
         })
     }
 
@@ -160,16 +159,12 @@ impl Application {
             state,
             roles,
             nats,
-            wake_rx,
+            wake: (wake_tx, wake_rx),
         } = self;
         let settings = (*state.settings).clone();
         let js = async_nats::jetstream::new(nats);
         let mut tasks = JoinSet::new();
-        tasks.spawn(wake::listen(
-            state.pool.clone(),
-            (*state.wake).clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(wake::listen(state.pool.clone(), wake_tx, shutdown.clone()));
         tasks.spawn(reload_keys(state.keys.clone(), shutdown.clone()));
         crate::observe::handle();
         tasks.spawn(crate::observe::watch_lag(

@@ -9,7 +9,6 @@ use projections::Projector;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use url::Url;
 
 /// How long a write waits for the read models to show it before answering anyway.
@@ -32,7 +31,6 @@ pub struct AppState {
     /// Work started by a request that finishes after its response (see
     /// `execute_for_email_in_background`); shutdown waits for it.
     pub background: tokio_util::task::TaskTracker,
-    pub wake: Arc<watch::Sender<u64>>,
 }
 
 impl AppState {

@@ -174,11 +174,13 @@ impl CpuTimes {
         times
     }
 
-    /// CPU milliseconds per operation of each part between `self` (earlier) and `later`.
-    pub fn per_op_ms(&self, later: &CpuTimes, ops: f64) -> String {
-        let per = |a: f64, b: f64| (b - a) * 1000.0 / ops.max(1.0);
+    /// A table row `| label | service | Postgres | nats | generator | all |`: CPU milliseconds per
+    /// operation of each part from `self` until now, over `ops` operations.
+    pub fn row_since(&self, label: &str, service_pid: u32, ops: usize) -> String {
+        let later = CpuTimes::now(service_pid);
+        let per = |a: f64, b: f64| (b - a) * 1000.0 / (ops as f64).max(1.0);
         format!(
-            "{:.2} | {:.2} | {:.2} | {:.2} | {:.2}",
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             per(self.service, later.service),
             per(self.postgres, later.postgres),
             per(self.nats, later.nats),
