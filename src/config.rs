@@ -145,9 +145,20 @@ pub struct Settings {
     #[arg(long, env = "PASSWORD_HASH_MAX_QUEUE", default_value_t = 64)]
     pub password_hash_max_queue: usize,
 
-    /// Failed logins in a row before an account's back-off starts.
+    /// Failed password checks in a row from one source (client address) on one account before
+    /// that source backs off.
     #[arg(long, env = "LOGIN_FAILURE_LIMIT", default_value_t = 5)]
     pub login_failure_limit: u32,
+
+    /// Failures in a row that one account shares among all the sources that never logged in
+    /// to it (many addresses guessing one account) before those sources back off.
+    #[arg(long, env = "LOGIN_SHARED_FAILURE_LIMIT", default_value_t = 20)]
+    pub login_shared_failure_limit: u32,
+
+    /// Days a source (client address) stays familiar to an account after it logged in with the
+    /// password: familiar sources never draw on the shared budget.
+    #[arg(long, env = "LOGIN_FAMILIAR_DAYS", default_value_t = 90)]
+    pub login_familiar_days: u32,
 
     /// First back-off after LOGIN_FAILURE_LIMIT failures, in seconds; it doubles with each failure.
     #[arg(long, env = "LOGIN_BACKOFF_BASE_SECS", default_value_t = 30)]

@@ -53,5 +53,8 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)
         .await
-        .context("cannot run the migrations")
+        .context("cannot run the migrations")?;
+    crate::store::rekey_identities(pool)
+        .await
+        .context("cannot re-key the identities")
 }

@@ -97,8 +97,23 @@ impl Form {
             Some(Value::String(s)) if s.trim().is_empty() => {
                 self.fail(name, "This field may not be blank.")
             }
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => self.text(name, s.clone()),
             Some(_) => self.fail(name, "Not a valid string."),
+        }
+    }
+
+    /// `text` unless it holds a NUL or another control character (tab and line breaks aside):
+    /// Postgres cannot store NUL in text, and no field of ours means to hold the others.
+    fn text(&mut self, name: &str, text: String) -> Option<String> {
+        if text.contains('\0') {
+            self.fail(name, "Null characters are not allowed.")
+        } else if text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            self.fail(name, "Control characters are not allowed.")
+        } else {
+            Some(text)
         }
     }
 
@@ -106,7 +121,7 @@ impl Form {
     pub fn optional_string(&mut self, name: &str) -> Option<String> {
         match self.fields.get(name) {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => self.text(name, s.clone()),
             Some(Value::Null) => self.fail(name, "This field may not be null."),
             Some(_) => self.fail(name, "Not a valid string."),
         }

@@ -123,6 +123,8 @@ pub async fn seed(
                 email: email.clone(),
                 credential_id,
                 registered_at: at,
+                email_key: aggregates::values::email_key(&email),
+                username_key: aggregates::values::username_key(&username),
             },
             at,
         )?;

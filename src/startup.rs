@@ -101,8 +101,10 @@ impl Application {
         let throttle = LoginThrottle::new(
             pool.clone(),
             settings.login_failure_limit,
+            settings.login_shared_failure_limit,
             Duration::from_secs(settings.login_backoff_base_secs),
             Duration::from_secs(settings.login_backoff_max_secs),
+            settings.login_familiar_days,
         );
         let state = AppState {
             users: Arc::new(CommandBus::with_cache_capacity(

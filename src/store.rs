@@ -1,7 +1,8 @@
 //! The two tables beside the event store that the write path reads directly: the credential store
 //! (password hashes, never in events) and `user_identities` (unique e-mail and username).
 
-use sqlx::PgExecutor;
+use aggregates::values::{email_key, username_key};
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// SQLSTATE raised by the identity trigger when the e-mail is taken.
@@ -43,10 +44,11 @@ pub async fn delete_credential(db: impl PgExecutor<'_>, credential_id: Uuid) -> 
     Ok(())
 }
 
-/// The account that owns an e-mail address (compared case-insensitively).
+/// The account that owns an e-mail address (compared by its canonical key, see
+/// [`aggregates::values::email_key`]).
 pub async fn user_by_email(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar("select user_id from user_identities where kind = 'email' and value = $1")
-        .bind(email.to_lowercase())
+        .bind(email_key(email))
         .fetch_optional(db)
         .await
 }
@@ -54,44 +56,55 @@ pub async fn user_by_email(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result
 /// What a login needs to know before it loads the account: the owner of an e-mail address,
 /// the last sequence of the owner's stream (so a cached state that is current needs no read) and
 /// the hashes of the owner's newest credentials (so the one the stream names needs no second
-/// look-up), all in one query.
+/// look-up), all in one query with the admission (`LoginThrottle::admit_login`).
 pub struct LoginCandidate {
     pub user_id: Uuid,
     pub last_sequence: i64,
     pub hashes: Vec<(Uuid, String)>,
 }
 
-/// `(user_id, last sequence, credential id, hash)`: one row per recent credential.
-type CandidateRow = (Uuid, Option<i64>, Option<Uuid>, Option<String>);
-
-pub async fn login_candidate(
-    db: impl PgExecutor<'_>,
-    email: &str,
-) -> sqlx::Result<Option<LoginCandidate>> {
-    let rows: Vec<CandidateRow> = sqlx::query_as(
-        "select i.user_id,
-                (select max(e.sequence) from events e
-                  where e.aggregate_type = 'User' and e.aggregate_id = i.user_id::text),
-                c.id, c.password_hash
+/// Re-keys identities claimed before the keys were computed in Rust (they hold Postgres'
+/// `lower()`), from the `Registered` event that claimed them. Idempotent and safe to run from
+/// several processes at once; a row whose new key is taken by another account keeps its old key
+/// (logged: an operator decides).
+pub async fn rekey_identities(pool: &PgPool) -> anyhow::Result<()> {
+    let rows: Vec<(Uuid, String, String, Option<String>)> = sqlx::query_as(
+        "select i.user_id, i.kind, i.value,
+                e.payload -> 'Registered' ->> i.kind
            from user_identities i
-           left join lateral (select id, password_hash from credential
-                               where user_id = i.user_id
-                               order by created_at desc limit 2) c on true
-          where i.kind = 'email' and i.value = $1",
+           left join events e on e.aggregate_type = 'User' and e.aggregate_id = i.user_id::text
+                              and e.sequence = 1
+          where not i.canonical",
     )
-    .bind(email.to_lowercase())
-    .fetch_all(db)
+    .fetch_all(pool)
     .await?;
-    let Some(&(user_id, last_sequence, _, _)) = rows.first() else {
-        return Ok(None);
-    };
-    let hashes = rows
-        .into_iter()
-        .filter_map(|(_, _, id, hash)| id.zip(hash))
-        .collect();
-    Ok(Some(LoginCandidate {
-        user_id,
-        last_sequence: last_sequence.unwrap_or(0),
-        hashes,
-    }))
+    for (user_id, kind, old, original) in rows {
+        let original = original.unwrap_or_else(|| old.clone());
+        let key = if kind == "email" {
+            email_key(&original)
+        } else {
+            username_key(&original)
+        };
+        let updated = sqlx::query(
+            "update user_identities set value = $3, canonical = true
+              where kind = $1 and value = $2 and user_id = $4",
+        )
+        .bind(&kind)
+        .bind(&old)
+        .bind(&key)
+        .bind(user_id)
+        .execute(pool)
+        .await;
+        if let Err(error) = updated {
+            tracing::warn!(%user_id, kind, %error, "an identity keeps its old key: the new one is taken");
+            sqlx::query(
+                "update user_identities set canonical = true where kind = $1 and value = $2",
+            )
+            .bind(&kind)
+            .bind(&old)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
 }

@@ -1,22 +1,29 @@
-//! Per-account login back-off that expires by itself: after `limit` failures in a row, each further
-//! attempt waits `base × 2^(failures − limit)` (at most `max`), and only one probe at a time is
-//! let through. There is no permanent lock: the back-off ends on its own, a success clears it, and
-//! a password reset by e-mail clears it too.
+//! The guessing bound on every password check (login, change of password): failures are counted
+//! per account and source, unfamiliar sources share one more budget per account, and a source
+//! that logged in to the account before is never held back by what other sources do. The SQL
+//! lives in `migrations/0011_login_guard.sql`; docs/SECURITY.md says why this design.
+//!
+//! An attempt is counted when it is admitted, before the hash is checked, so nothing has to be
+//! released afterwards: an aborted request stays counted (against its own source only), a shed
+//! one is given back ([`LoginThrottle::refund`]), a success clears its source.
 
+use crate::store::LoginCandidate;
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::time::Duration;
+use uuid::Uuid;
 
-/// How old an admitted attempt may be before it no longer counts as in flight (a crashed request).
-const IN_FLIGHT_STALE_SECS: i64 = 60;
 /// Failures older than this are forgotten.
-const FAILURE_MEMORY_SECS: i64 = 86_400;
+const FAILURE_MEMORY_SECS: f64 = 86_400.0;
 
 #[derive(Clone)]
 pub struct LoginThrottle {
     pool: PgPool,
     limit: i32,
+    shared_limit: i32,
     base: Duration,
     max: Duration,
+    familiar_days: f64,
 }
 
 /// The attempt must wait: answer 429 with `Retry-After`.
@@ -25,96 +32,172 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
+/// The source an attempt is counted under: the client address, with IPv6 addresses cut to their
+/// /64 (one subscriber's network), and `unknown` when there is none.
+pub fn source_of(ip: Option<&str>) -> String {
+    match ip.and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        None => "unknown".to_owned(),
+    }
+}
+
+/// `(wait, user_id, last sequence, credential id, hash)`: one row per recent credential.
+type AdmittedRow = (
+    Option<f64>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<String>,
+);
+
 impl LoginThrottle {
-    pub fn new(pool: PgPool, limit: u32, base: Duration, max: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        limit: u32,
+        shared_limit: u32,
+        base: Duration,
+        max: Duration,
+        familiar_days: u32,
+    ) -> Self {
         Self {
             pool,
             limit: limit.max(1) as i32,
+            shared_limit: shared_limit.max(1) as i32,
             base,
             max,
+            familiar_days: familiar_days.max(1) as f64,
         }
     }
 
-    /// Admits one verification for `key`, or says how long to wait.
-    pub async fn admit(&self, key: &str) -> sqlx::Result<Result<(), Throttled>> {
-        let admitted: Option<i32> = sqlx::query_scalar(
-            "insert into login_throttle as t (key, in_flight) values ($1, 1)
-             on conflict (key) do update set
-                 failures = case when t.updated_at < now() - make_interval(secs => $4)
-                                 then 0 else t.failures end,
-                 in_flight = case when t.updated_at < now() - make_interval(secs => $3)
-                                  then 1 else t.in_flight + 1 end,
-                 updated_at = now()
-             where (t.blocked_until is null or t.blocked_until <= now())
-               and (case when t.updated_at < now() - make_interval(secs => $3)
-                         then 0 else t.in_flight end)
-                   + least(case when t.updated_at < now() - make_interval(secs => $4)
-                                then 0 else t.failures end, $2 - 1) < $2
-             returning 1",
-        )
-        .bind(key)
-        .bind(self.limit)
-        .bind(IN_FLIGHT_STALE_SECS as f64)
-        .bind(FAILURE_MEMORY_SECS as f64)
-        .fetch_optional(&self.pool)
-        .await?;
-        if admitted.is_some() {
-            return Ok(Ok(()));
+    fn wait(secs: f64) -> Throttled {
+        Throttled {
+            retry_after_secs: secs.ceil().max(1.0) as u64,
         }
-        let wait: Option<f64> = sqlx::query_scalar(
-            "select extract(epoch from blocked_until - now())::float8
-               from login_throttle where key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
-        let secs = wait.map_or(1.0, |w| w.ceil().max(1.0));
-        Ok(Err(Throttled {
-            retry_after_secs: secs as u64,
-        }))
     }
 
-    /// The admitted attempt succeeded: the account's failures are forgotten.
-    pub async fn succeeded(&self, key: &str) -> sqlx::Result<()> {
-        sqlx::query(
-            "update login_throttle set failures = 0, blocked_until = null,
-                    in_flight = greatest(in_flight - 1, 0), updated_at = now()
-              where key = $1",
-        )
-        .bind(key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Admits one password check of `account` (an e-mail key) from `source`, or says how long to
+    /// wait.
+    pub async fn admit(&self, account: &str, source: &str) -> sqlx::Result<Result<(), Throttled>> {
+        let wait: Option<f64> =
+            sqlx::query_scalar("select login_admit($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(account)
+                .bind(source)
+                .bind(self.limit)
+                .bind(self.shared_limit)
+                .bind(self.base.as_secs_f64())
+                .bind(self.max.as_secs_f64())
+                .bind(FAILURE_MEMORY_SECS)
+                .bind(self.familiar_days)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(wait.map_or(Ok(()), |w| Err(Self::wait(w))))
     }
 
-    /// The admitted attempt failed: count it, and start or lengthen the back-off.
-    pub async fn failed(&self, key: &str) -> sqlx::Result<()> {
-        sqlx::query(
-            "update login_throttle set
-                    failures = failures + 1,
-                    in_flight = greatest(in_flight - 1, 0),
-                    blocked_until = case when failures + 1 >= $2
-                        then now() + least($3 * power(2, failures + 1 - $2), $4) * interval '1 second'
-                        else null end,
-                    updated_at = now()
-              where key = $1",
+    /// The login's admission and its look-up of the account in one round trip: the owner of the
+    /// address `account` (an e-mail key) with its stream's last sequence and newest hashes (see
+    /// [`crate::store::login_candidate`]), looked up only when the attempt is admitted.
+    pub async fn admit_login(
+        &self,
+        account: &str,
+        source: &str,
+    ) -> sqlx::Result<Result<Option<LoginCandidate>, Throttled>> {
+        let rows: Vec<AdmittedRow> = sqlx::query_as(
+            "select a.wait, i.user_id,
+                    (select max(e.sequence) from events e
+                      where e.aggregate_type = 'User' and e.aggregate_id = i.user_id::text),
+                    c.id, c.password_hash
+               from (select login_admit($1, $2, $3, $4, $5, $6, $7, $8) as wait) a
+               left join user_identities i
+                      on a.wait is null and i.kind = 'email' and i.value = $1
+               left join lateral (select id, password_hash from credential
+                                   where user_id = i.user_id
+                                   order by created_at desc limit 2) c on true",
         )
-        .bind(key)
+        .bind(account)
+        .bind(source)
         .bind(self.limit)
+        .bind(self.shared_limit)
         .bind(self.base.as_secs_f64())
         .bind(self.max.as_secs_f64())
-        .execute(&self.pool)
+        .bind(FAILURE_MEMORY_SECS)
+        .bind(self.familiar_days)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        if let Some(wait) = rows.first().and_then(|row| row.0) {
+            return Ok(Err(Self::wait(wait)));
+        }
+        let Some(&(_, Some(user_id), last_sequence, _, _)) = rows.first() else {
+            return Ok(Ok(None));
+        };
+        let hashes = rows
+            .into_iter()
+            .filter_map(|(_, _, _, id, hash)| id.zip(hash))
+            .collect();
+        Ok(Ok(Some(LoginCandidate {
+            user_id,
+            last_sequence: last_sequence.unwrap_or(0),
+            hashes,
+        })))
     }
 
-    /// Clears an account's back-off (its password was reset by e-mail).
-    pub async fn clear(&self, key: &str) -> sqlx::Result<()> {
-        sqlx::query("delete from login_throttle where key = $1")
-            .bind(key)
+    /// The admitted check succeeded: the source's failures are forgotten and it becomes familiar.
+    pub async fn succeeded(&self, account: &str, source: &str) -> sqlx::Result<()> {
+        sqlx::query("select login_succeeded($1, $2, $3)")
+            .bind(account)
+            .bind(source)
+            .bind(self.familiar_days)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The admitted check never ran (hashing was saturated): its count is given back. A back-off
+    /// in force stays in force.
+    pub async fn refund(&self, account: &str, source: &str) -> sqlx::Result<()> {
+        sqlx::query("select login_refund($1, $2, $3)")
+            .bind(account)
+            .bind(source)
+            .bind(self.familiar_days)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Clears an account's back-off from every source (its password was reset by e-mail, which
+    /// proved ownership).
+    pub async fn clear(&self, account: &str) -> sqlx::Result<()> {
+        sqlx::query("delete from login_guard where account = $1")
+            .bind(account)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn sources_are_addresses_and_ipv6_networks() {
+        assert_eq!(source_of(Some("203.0.113.7")), "203.0.113.7");
+        assert_eq!(source_of(Some("::ffff:203.0.113.7")), "203.0.113.7");
+        assert_eq!(
+            source_of(Some("2001:db8:1:2:aaaa::1")),
+            source_of(Some("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            source_of(Some("2001:db8:1:2::1")),
+            source_of(Some("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_of(None), "unknown");
+        assert_eq!(source_of(Some("garbage")), "unknown");
     }
 }

@@ -41,6 +41,35 @@ pub async fn find(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Option
     .await
 }
 
+/// A profile row with whether the session `session_id` has ended (logged out, or revoked by reuse
+/// detection or a password change), read from the event store itself so that an ended session's
+/// access tokens die at once, in every process.
+#[derive(Debug, Clone, FromRow)]
+pub struct CallerRow {
+    #[sqlx(flatten)]
+    pub profile: ProfileRow,
+    pub session_ended: bool,
+}
+
+pub async fn find_caller(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> sqlx::Result<Option<CallerRow>> {
+    sqlx::query_as(
+        "select user_id, username, email, is_active, date_joined, last_login, country, profession,
+                bio, thoughts, profile_img, token_epoch, version,
+                exists (select 1 from events e
+                         where e.aggregate_type = 'Session' and e.aggregate_id = $2
+                           and e.event_type in ('LoggedOut', 'Revoked')) as session_ended
+           from profile where user_id = $1",
+    )
+    .bind(user_id)
+    .bind(session_id.to_string())
+    .fetch_optional(db)
+    .await
+}
+
 /// The profile read model's projector (the live table, or a rebuild's copy).
 pub struct ProfileProjector {
     target: Target,

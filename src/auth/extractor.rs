@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
 
-/// An authenticated, active user whose token is not outdated by a password change.
+/// An authenticated, active user whose token is not outdated by a password change and whose
+/// session has not ended (logout, reuse detection).
 pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
@@ -37,10 +38,12 @@ impl FromRequestParts<AppState> for AuthUser {
             return Err(ApiError::InvalidToken);
         }
         let claims = state.keys.verify(token).ok_or(ApiError::InvalidToken)?;
-        let profile = profile::find(&state.pool, claims.sub)
+        let caller = profile::find_caller(&state.pool, claims.sub, claims.sid)
             .await?
             .ok_or(ApiError::InvalidToken)?;
-        if !profile.is_active || profile.token_epoch != claims.epoch as i32 {
+        let profile = caller.profile;
+        if caller.session_ended || !profile.is_active || profile.token_epoch != claims.epoch as i32
+        {
             return Err(ApiError::InvalidToken);
         }
         Ok(Self {

@@ -213,6 +213,17 @@ impl PasswordHasher {
         .map_err(HashError::Failed)
     }
 
+    /// Runs another CPU-heavy check (the password-strength estimate) on a hashing slot: off the
+    /// async runtime, and within the same bound on concurrent CPU work (shed like a hash).
+    pub async fn run_bounded<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let permit = self.slot().await?;
+        self.run(permit, op, move |_| Ok(work())).await
+    }
+
     #[tracing::instrument(skip_all)]
     pub async fn hash(&self, password: &SecretPassword) -> Result<String, HashError> {
         let permit = self.slot().await?;
@@ -247,6 +258,29 @@ impl PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bounded_work_leaves_the_async_runtime_free() -> anyhow::Result<()> {
+        let hasher = PasswordHasher::new(1, 8, Duration::from_secs(5))?;
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        // On a single-threaded runtime, work run inline would starve the ticker completely.
+        let before = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        hasher
+            .run_bounded("test", || std::thread::sleep(Duration::from_millis(200)))
+            .await
+            .map_err(anyhow::Error::from)?;
+        let during = ticks.load(std::sync::atomic::Ordering::SeqCst) - before;
+        ticker.abort();
+        assert!(during > 10, "the runtime was blocked ({during} ticks)");
+        Ok(())
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_accounts_never_match() -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::state::AppState;
 use crate::store;
+use crate::throttle::source_of;
 use aggregates::session::SessionCommand;
 use aggregates::values::Email;
 use aggregates::User;
@@ -73,34 +74,40 @@ pub(crate) async fn login(
     };
     form.finish()?;
 
-    let key = email.normalized();
-    // Admission first: a refused attempt touches no account (cheap under a flood of guesses,
-    // and its timing says nothing about the address).
-    if let Err(wait) = state.throttle.admit(&key).await? {
-        return Err(ApiError::Throttled {
-            retry_after_secs: wait.retry_after_secs,
-        });
-    }
-    let candidate = store::login_candidate(&state.pool, email.as_str()).await;
-    let verified = verify_login(&state, candidate, &password).await;
-    let (user, ok) = match verified {
+    // Admission and the account look-up in one round trip. The attempt is counted now, before
+    // the hash is checked, so an aborted request has nothing to release; a refused attempt
+    // touches no account (cheap under a flood of guesses, and says nothing about the address).
+    let account = email.key();
+    let source = source_of(meta.ip.as_deref());
+    let candidate = match state.throttle.admit_login(&account, &source).await? {
+        Ok(candidate) => candidate,
+        Err(wait) => {
+            return Err(ApiError::Throttled {
+                retry_after_secs: wait.retry_after_secs,
+            })
+        }
+    };
+    let (user, ok) = match verify_login(&state, candidate, &password).await {
         Ok(found) => found,
         Err(error) => {
-            // Release the admitted attempt without counting it as a failure.
-            state.throttle.succeeded(&key).await?;
+            // The check never ran (hashing shed it) or broke: its count is given back, and any
+            // back-off in force stays.
+            if let Err(refund) = state.throttle.refund(&account, &source).await {
+                tracing::warn!(error = %refund, "cannot give back a login admission");
+            }
             return Err(error);
         }
     };
     let known = user.as_ref().and_then(|u| u.id);
     let Some(user) = user.filter(|_| ok) else {
-        state.throttle.failed(&key).await?;
+        // Counted at admission: nothing more to record for the bound.
         if let Some(user_id) = known {
             record_failure(&state, user_id, meta.clone());
         }
         return Err(invalid_credentials());
     };
     let (Some(user_id), true) = (user.id, user.is_active) else {
-        state.throttle.succeeded(&key).await?;
+        state.throttle.succeeded(&account, &source).await?;
         if user.id.is_none() {
             return Err(invalid_credentials());
         }
@@ -119,15 +126,15 @@ pub(crate) async fn login(
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: Utc::now(),
     };
-    // Releasing the admission and starting the session are independent: both at once. A failed
-    // release only leaves the attempt counted as in flight until it goes stale; the login stands.
+    // Clearing the source's failures and starting the session are independent: both at once. A
+    // failed clear only leaves this source's count as it was; the login stands.
     let (released, started) = tokio::join!(
-        state.throttle.succeeded(&key),
+        state.throttle.succeeded(&account, &source),
         state.sessions.execute(&id, command, &meta)
     );
     let done = started.map_err(aggregate_error)?;
     if let Err(error) = released {
-        tracing::warn!(%error, "cannot release a login admission");
+        tracing::warn!(%error, "cannot record a successful login's source");
     }
     state
         .sync_read_models("Session", &id, done.last_sequence())
@@ -144,10 +151,10 @@ pub(crate) async fn login(
 /// hash, or against the dummy hash when there is none, so both cases cost the same.
 async fn verify_login(
     state: &AppState,
-    candidate: sqlx::Result<Option<store::LoginCandidate>>,
+    candidate: Option<store::LoginCandidate>,
     password: &SecretString,
 ) -> ApiResult<(Option<User>, bool)> {
-    let (user, hash) = match candidate? {
+    let (user, hash) = match candidate {
         Some(candidate) => {
             let user = state
                 .users

@@ -11,7 +11,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, RequestMeta};
 use crate::state::AppState;
 use crate::store;
+use crate::throttle::source_of;
 use aggregates::user::{UserCommand, UserError};
+use aggregates::values::email_key;
 use aggregates::values::Email;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -46,23 +48,45 @@ pub(crate) async fn change_password(
         ("username", user.profile.username.as_str()),
         ("email address", user.profile.email.as_str()),
     ];
-    let new = new_password_fields(&mut form, "new_password", &attributes);
+    let new = new_password_fields(&state, &mut form, "new_password", &attributes).await?;
     let (Some(old), Some(new)) = (old, new) else {
         return Err(form.into_error());
     };
     form.finish()?;
 
+    // The old password is guessed against the same bound as a login: a stolen access token is
+    // no guessing oracle.
+    let key = email_key(&user.profile.email);
+    let source = source_of(meta.ip.as_deref());
+    if let Err(wait) = state.throttle.admit(&key, &source).await? {
+        return Err(ApiError::Throttled {
+            retry_after_secs: wait.retry_after_secs,
+        });
+    }
     let id = user.user_id.to_string();
-    let account = state.users.load(&id).await.map_err(aggregate_error)?;
-    let hash = match account.credential_id {
-        Some(credential) => store::password_hash(&state.pool, credential).await?,
-        None => None,
-    };
-    if !state.hasher.verify(&old, hash).await.map_err(hash_error)? {
-        return Err(ApiError::field(
-            "old_password",
-            "Old password is incorrect.",
-        ));
+    let checked = async {
+        let account = state.users.load(&id).await.map_err(aggregate_error)?;
+        let hash = match account.credential_id {
+            Some(credential) => store::password_hash(&state.pool, credential).await?,
+            None => None,
+        };
+        state.hasher.verify(&old, hash).await.map_err(hash_error)
+    }
+    .await;
+    match checked {
+        Ok(true) => state.throttle.succeeded(&key, &source).await?,
+        Ok(false) => {
+            return Err(ApiError::field(
+                "old_password",
+                "Old password is incorrect.",
+            ))
+        }
+        Err(error) => {
+            if let Err(refund) = state.throttle.refund(&key, &source).await {
+                tracing::warn!(error = %refund, "cannot give back a password-check admission");
+            }
+            return Err(error);
+        }
     }
     let hash = state.hasher.hash(&new).await.map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
@@ -139,7 +163,7 @@ pub(crate) async fn set_new_password(
         ("username", account.username.as_str()),
         ("email address", account.email.as_str()),
     ];
-    check_new_password(&mut form, "new_password", &pair, &attributes);
+    check_new_password(&state, &mut form, "new_password", &pair, &attributes).await?;
     form.finish()?;
 
     let hash = state.hasher.hash(&pair.0).await.map_err(hash_error)?;
@@ -153,7 +177,7 @@ pub(crate) async fn set_new_password(
     match state.users.execute(&id, command, &meta).await {
         Ok(done) => {
             // The mail proved ownership: any login back-off of the account ends here.
-            state.throttle.clear(&account.email.to_lowercase()).await?;
+            state.throttle.clear(&email_key(&account.email)).await?;
             state
                 .sync_read_models("User", &id, done.last_sequence())
                 .await?;

@@ -69,14 +69,32 @@ pub fn password_pair(form: &mut Form, field: &str) -> Option<(SecretString, Secr
     Some((password?, confirm?))
 }
 
-/// Applies the password policy under `field`, then the confirmation check, as Django does.
-pub fn check_new_password(
+/// Applies the password policy under `field`, then the confirmation check, as Django does. The
+/// policy's strength estimate is CPU work: it runs on a hashing slot, never on the async runtime.
+pub async fn check_new_password(
+    state: &AppState,
     form: &mut Form,
     field: &str,
     (password, confirm): &(SecretString, SecretString),
     attributes: &[(&str, &str)],
-) {
-    for message in policy::check(password.expose_secret(), attributes) {
+) -> ApiResult<()> {
+    let candidate = password.clone();
+    let attributes: Vec<(String, String)> = attributes
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let messages = state
+        .hasher
+        .run_bounded("policy", move || {
+            let attributes: Vec<(&str, &str)> = attributes
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            policy::check(candidate.expose_secret(), &attributes)
+        })
+        .await
+        .map_err(hash_error)?;
+    for message in messages {
         form.error(field, message);
     }
     if confirm.expose_secret() != password.expose_secret() && !form.has_errors(field) {
@@ -85,17 +103,21 @@ pub fn check_new_password(
             "Password and confirm password doesn't match",
         );
     }
+    Ok(())
 }
 
 /// Reads a new password and its confirmation and checks them.
-pub fn new_password_fields(
+pub async fn new_password_fields(
+    state: &AppState,
     form: &mut Form,
     field: &str,
     attributes: &[(&str, &str)],
-) -> Option<SecretString> {
-    let pair = password_pair(form, field)?;
-    check_new_password(form, field, &pair, attributes);
-    Some(pair.0)
+) -> ApiResult<Option<SecretString>> {
+    let Some(pair) = password_pair(form, field) else {
+        return Ok(None);
+    };
+    check_new_password(state, form, field, &pair, attributes).await?;
+    Ok(Some(pair.0))
 }
 
 pub(crate) fn hash_error(error: crate::auth::password::HashError) -> ApiError {
@@ -135,7 +157,7 @@ pub(crate) async fn register(
         ("username", username.as_ref().map_or("", |u| u.as_str())),
         ("email address", email.as_ref().map_or("", |e| e.as_str())),
     ];
-    let password = new_password_fields(&mut form, "password", &attributes);
+    let password = new_password_fields(&state, &mut form, "password", &attributes).await?;
     let base = link_base_field(&state, &mut form, None);
     let (Some(username), Some(email), Some(password), Some(base)) =
         (username, email, password, base)

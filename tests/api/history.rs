@@ -100,6 +100,23 @@ async fn a_user_who_went_through_every_flow_sees_every_step_in_order_and_no_secr
     post("/accounts/api/logout/", json!({"refresh_token": refresh}))
         .await
         .unwrap();
+    // Logging out ends that session's access tokens at once: the history is read in a new one.
+    assert_eq!(
+        app.get_authed("/accounts/api/history/", &access)
+            .await
+            .status(),
+        401
+    );
+    let login: Value = post(
+        "/accounts/api/login/",
+        json!({"email": email, "password": third}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let access = login["access_token"].as_str().unwrap().to_owned();
 
     let expected = [
         "registered",
@@ -114,6 +131,7 @@ async fn a_user_who_went_through_every_flow_sees_every_step_in_order_and_no_secr
         "password_reset",
         "logged_in",
         "logged_out",
+        "logged_in",
     ];
     eventually(|| async {
         let page = history(&app, &access, "").await;

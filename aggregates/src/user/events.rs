@@ -24,6 +24,13 @@ pub enum UserEvent {
         email: String,
         credential_id: Uuid,
         registered_at: DateTime<Utc>,
+        /// The key the address is unique and looked up under (`values::email_key`); absent
+        /// (empty) in events written before it existed.
+        #[serde(default)]
+        email_key: String,
+        /// The key the username is unique under (`values::username_key`: its confusable skeleton).
+        #[serde(default)]
+        username_key: String,
     },
     ActivationLinkIssued {
         request_id: Uuid,

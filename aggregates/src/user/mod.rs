@@ -20,6 +20,13 @@ use uuid::Uuid;
 /// this window change nothing, so the endpoint cannot be used to flood a mailbox.
 pub const DUPLICATE_NOTICE_INTERVAL: Duration = Duration::minutes(10);
 
+/// Most mails an address is sent in any hour on others' request: activation links (the first
+/// one included), reset links and duplicate-registration notices. Requests beyond it change
+/// nothing (the endpoints answer the same), so nobody can mail-bomb an address through us; the
+/// link mailed last stays the valid one.
+pub const MAILS_PER_HOUR: usize = 5;
+const MAIL_WINDOW: Duration = Duration::hours(1);
+
 /// An e-mailed link that is still pending: its request id is what its token is derived from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingLink {
@@ -58,6 +65,9 @@ pub struct User {
     pub reset: Option<PendingLink>,
     pub last_duplicate_notice_at: Option<DateTime<Utc>>,
     pub profile: Profile,
+    /// When the last (at most [`MAILS_PER_HOUR`]) mails requested by others were sent.
+    #[serde(default)]
+    pub recent_mails: Vec<DateTime<Utc>>,
 }
 
 impl User {
@@ -67,6 +77,22 @@ impl User {
 
     fn registered(&self) -> Result<Uuid, UserError> {
         self.id.ok_or(UserError::NotFound)
+    }
+
+    /// Whether one more mail may be sent at `now` under [`MAILS_PER_HOUR`].
+    fn may_mail(&self, now: DateTime<Utc>) -> bool {
+        self.recent_mails
+            .iter()
+            .filter(|at| now - **at < MAIL_WINDOW)
+            .count()
+            < MAILS_PER_HOUR
+    }
+
+    fn note_mail(&mut self, at: DateTime<Utc>) {
+        self.recent_mails.push(at);
+        if self.recent_mails.len() > MAILS_PER_HOUR {
+            self.recent_mails.remove(0);
+        }
     }
 }
 
@@ -106,8 +132,10 @@ impl Aggregate for User {
             UserEvent::ActivationLinkIssued {
                 request_id,
                 expires_at,
+                issued_at,
                 ..
             } => {
+                self.note_mail(issued_at);
                 self.activation = Some(PendingLink {
                     request_id,
                     expires_at,
@@ -118,6 +146,7 @@ impl Aggregate for User {
                 self.activation = None;
             }
             UserEvent::DuplicateRegistrationAttempted { attempted_at, .. } => {
+                self.note_mail(attempted_at);
                 self.last_duplicate_notice_at = Some(attempted_at)
             }
             UserEvent::ProfileUpdated { changes, .. } => changes.apply_to(&mut self.profile),
@@ -129,8 +158,10 @@ impl Aggregate for User {
             UserEvent::PasswordResetRequested {
                 request_id,
                 expires_at,
+                requested_at,
                 ..
             } => {
+                self.note_mail(requested_at);
                 self.reset = Some(PendingLink {
                     request_id,
                     expires_at,
@@ -167,6 +198,8 @@ impl User {
                         email: email.as_str().to_owned(),
                         credential_id,
                         registered_at: now,
+                        email_key: email.key(),
+                        username_key: username.key(),
                     },
                     UserEvent::ActivationLinkIssued {
                         request_id: activation.request_id,
@@ -182,6 +215,9 @@ impl User {
                 self.registered()?;
                 if self.is_active {
                     return Err(UserError::AlreadyActive);
+                }
+                if !self.may_mail(now) {
+                    return Ok(vec![]);
                 }
                 Ok(vec![UserEvent::ActivationLinkIssued {
                     request_id: link.request_id,
@@ -209,7 +245,7 @@ impl User {
                 let recent = self
                     .last_duplicate_notice_at
                     .is_some_and(|at| now - at < DUPLICATE_NOTICE_INTERVAL);
-                if recent {
+                if recent || !self.may_mail(now) {
                     return Ok(vec![]);
                 }
                 Ok(vec![UserEvent::DuplicateRegistrationAttempted {
@@ -240,6 +276,9 @@ impl User {
             }
             UserCommand::RequestPasswordReset { link, now } => {
                 self.registered()?;
+                if !self.may_mail(now) {
+                    return Ok(vec![]);
+                }
                 Ok(vec![UserEvent::PasswordResetRequested {
                     request_id: link.request_id,
                     email: self.email.clone(),

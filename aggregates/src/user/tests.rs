@@ -34,6 +34,8 @@ fn registered() -> Vec<UserEvent> {
             email: "alice@example.com".into(),
             credential_id,
             registered_at: t0(),
+            email_key: "alice@example.com".into(),
+            username_key: "alice".into(),
         },
         UserEvent::ActivationLinkIssued {
             request_id,
@@ -380,4 +382,66 @@ fn state_tracks_credential_and_token_epoch() {
     });
     assert_eq!(user.credential_id, Some(Uuid::from_u128(9)));
     assert_eq!(user.token_epoch, 1);
+}
+
+#[test]
+fn mails_others_request_are_capped_per_hour_and_the_last_link_stays_valid() {
+    // The registration's own link counts: four more fit in its hour, then requests are no-ops.
+    let mut given = registered();
+    for n in 0..(MAILS_PER_HOUR as u128 - 1) {
+        given.push(UserEvent::ActivationLinkIssued {
+            request_id: Uuid::from_u128(10 + n),
+            email: "alice@example.com".into(),
+            username: "alice".into(),
+            base_url: "https://app.example/activate/".into(),
+            expires_at: t0() + Duration::hours(24),
+            issued_at: t0() + Duration::minutes(n as i64),
+        });
+    }
+    let later = t0() + Duration::minutes(30);
+    UserTest::with(())
+        .given(given.clone())
+        .when(UserCommand::IssueActivationLink {
+            link: link(99, 24),
+            now: later,
+        })
+        .then_expect_events(vec![]);
+    UserTest::with(())
+        .given(given.clone())
+        .when(UserCommand::RequestPasswordReset {
+            link: link(98, 1),
+            now: later,
+        })
+        .then_expect_events(vec![]);
+    UserTest::with(())
+        .given(given.clone())
+        .when(UserCommand::NoteDuplicateRegistration { now: later })
+        .then_expect_events(vec![]);
+    // The last link mailed is still the one that activates.
+    UserTest::with(())
+        .given(given.clone())
+        .when(UserCommand::Activate {
+            request_id: Uuid::from_u128(10 + MAILS_PER_HOUR as u128 - 2),
+            now: later,
+        })
+        .then_expect_events(vec![UserEvent::Activated {
+            method: ActivationMethod::Link,
+            activated_at: later,
+        }]);
+    // An hour after the oldest of them, one more fits.
+    let next_hour = t0() + Duration::minutes(61);
+    UserTest::with(())
+        .given(given)
+        .when(UserCommand::RequestPasswordReset {
+            link: link(97, 1),
+            now: next_hour,
+        })
+        .then_expect_events(vec![UserEvent::PasswordResetRequested {
+            request_id: Uuid::from_u128(97),
+            email: "alice@example.com".into(),
+            username: "alice".into(),
+            base_url: "https://app.example/activate/".into(),
+            expires_at: next_hour + Duration::hours(1),
+            requested_at: next_hour,
+        }]);
 }
