@@ -39,6 +39,12 @@ returns float8 language plpgsql as $$
 declare
     row login_guard;
 begin
+    -- A refusal takes no lock: a flood of refused attempts on one account never queues.
+    select * into row from login_guard where account = p_account and source = p_source;
+    if found and row.blocked_until > now()
+       and row.updated_at >= now() - make_interval(secs => memory) then
+        return greatest(extract(epoch from row.blocked_until - now()), 1);
+    end if;
     insert into login_guard (account, source) values (p_account, p_source)
         on conflict do nothing;
     select * into row from login_guard where account = p_account and source = p_source for update;

@@ -2,8 +2,7 @@
 
 use super::msg;
 use super::registration::{
-    aggregate_error, check_new_password, hash_error, link_base_field, new_password_fields,
-    password_pair,
+    aggregate_error, check_new_password, hash_error, link_base_field, password_pair,
 };
 use crate::auth::links::{parse_uidb64, Purpose};
 use crate::auth::AuthUser;
@@ -44,18 +43,15 @@ pub(crate) async fn change_password(
     JsonBody(mut form): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let old = form.string("old_password").map(SecretString::from);
-    let attributes = [
-        ("username", user.profile.username.as_str()),
-        ("email address", user.profile.email.as_str()),
-    ];
-    let new = new_password_fields(&state, &mut form, "new_password", &attributes).await?;
+    let new = password_pair(&mut form, "new_password");
     let (Some(old), Some(new)) = (old, new) else {
         return Err(form.into_error());
     };
     form.finish()?;
 
     // The old password is guessed against the same bound as a login: a stolen access token is
-    // no guessing oracle.
+    // no guessing oracle. It is checked before the new one's policy, so that a flood of guesses
+    // is refused before it costs any CPU.
     let key = email_key(&user.profile.email);
     let source = source_of(meta.ip.as_deref());
     if let Err(wait) = state.throttle.admit(&key, &source).await? {
@@ -88,7 +84,13 @@ pub(crate) async fn change_password(
             return Err(error);
         }
     }
-    let hash = state.hasher.hash(&new).await.map_err(hash_error)?;
+    let attributes = [
+        ("username", user.profile.username.as_str()),
+        ("email address", user.profile.email.as_str()),
+    ];
+    check_new_password(&state, &mut form, "new_password", &new, &attributes).await?;
+    form.finish()?;
+    let hash = state.hasher.hash(&new.0).await.map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
     store::insert_credential(&state.pool, credential_id, user.user_id, &hash).await?;
     let command = UserCommand::ChangePassword {

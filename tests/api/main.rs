@@ -5,6 +5,7 @@
 mod helpers;
 
 mod analytics;
+mod attacks;
 mod bad_input;
 mod concurrency;
 mod events;

@@ -143,7 +143,7 @@ async fn session(
     while let Ok(Some(line)) = lines.next_line().await {
         let upper = line.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-sink\r\n250 8BITMIME\r\n"
+            b"250-sink\r\n250-SMTPUTF8\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("MAIL FROM:") {
             use std::sync::atomic::Ordering;
             let refused = refusals
