@@ -29,7 +29,12 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 /// A pool whose requests wait at most 3 s for a connection (then the API answers 503). The
 /// first connection is retried for up to 30 s, so the service may start before Postgres.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
+    let mut options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
+    if local_without_sslmode(url, options.get_host()) {
+        // sqlx's default (`prefer`) negotiates TLS even with a Postgres on this machine, where it
+        // protects nothing and costs CPU on every connection; a URL that names `sslmode` decides.
+        options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = PgPoolOptions::new()
@@ -45,6 +50,38 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
             }
             Err(error) => return Err(error).context("cannot connect to Postgres"),
         }
+    }
+}
+
+/// Whether `url` names no `sslmode` and `host` is a loopback address or a Unix socket directory.
+fn local_without_sslmode(url: &str, host: &str) -> bool {
+    let names_sslmode = url::Url::parse(url)
+        .map(|u| u.query_pairs().any(|(key, _)| key == "sslmode"))
+        .unwrap_or(true);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !names_sslmode && local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_without_sslmode;
+
+    #[test]
+    fn tls_is_skipped_only_for_a_local_postgres_and_an_unset_sslmode() {
+        let local = "postgres://postgres@127.0.0.1:5432/accounts";
+        assert!(local_without_sslmode(local, "127.0.0.1"));
+        assert!(local_without_sslmode(local, "localhost"));
+        assert!(local_without_sslmode(local, "::1"));
+        assert!(local_without_sslmode(local, "/var/run/postgresql"));
+        assert!(!local_without_sslmode(local, "db.example.com"));
+        assert!(!local_without_sslmode(local, "10.0.0.5"));
+        let explicit = "postgres://postgres@127.0.0.1:5432/accounts?sslmode=require";
+        assert!(!local_without_sslmode(explicit, "127.0.0.1"));
     }
 }
 

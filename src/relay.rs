@@ -134,6 +134,9 @@ pub async fn run(
             changed = wake.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(settings.reader_poll()).await;
+                } else {
+                    // Concurrent commits are published as one batch (see `COALESCE`).
+                    tokio::time::sleep(projections::runner::COALESCE).await;
                 }
             }
             _ = tokio::time::sleep(settings.reader_poll()) => {}

@@ -15,6 +15,8 @@ const MAX_TOKEN_BYTES: usize = 4096;
 pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// The login the token names (see `AccessClaims::login_us`).
+    pub login_us: Option<i64>,
     /// The profile read model row, read while checking the token.
     pub profile: ProfileRow,
 }
@@ -38,9 +40,19 @@ impl FromRequestParts<AppState> for AuthUser {
             return Err(ApiError::InvalidToken);
         }
         let claims = state.keys.verify(token).ok_or(ApiError::InvalidToken)?;
-        let caller = profile::find_caller(&state.pool, claims.sub, claims.sid)
+        let mut caller = profile::find_caller(&state.pool, claims.sub, claims.sid)
             .await?
             .ok_or(ApiError::InvalidToken)?;
+        if login_pending(&caller.profile, claims.login_us) {
+            // The read models do not show this token's login yet: they are caught up now, so
+            // that the caller reads its own login (read-your-writes, paid here, not at login).
+            state
+                .sync_read_models("Session", &claims.sid.to_string(), Some(1))
+                .await?;
+            caller = profile::find_caller(&state.pool, claims.sub, claims.sid)
+                .await?
+                .ok_or(ApiError::InvalidToken)?;
+        }
         let profile = caller.profile;
         if caller.session_ended || !profile.is_active || profile.token_epoch != claims.epoch as i32
         {
@@ -49,7 +61,36 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(Self {
             user_id: claims.sub,
             session_id: claims.sid,
+            login_us: claims.login_us,
             profile,
         })
+    }
+}
+
+/// Whether the profile read model has not yet applied the login (`login_us`) a token names.
+fn login_pending(profile: &ProfileRow, login_us: Option<i64>) -> bool {
+    login_us.is_some_and(|login| {
+        profile
+            .last_login
+            .is_none_or(|seen| seen.timestamp_micros() < login)
+    })
+}
+
+/// How long after a login its reads check that every read model (not only the profile) shows it.
+const FRESH_LOGIN_US: i64 = 60_000_000;
+
+impl AuthUser {
+    /// For reads of other read models than the profile (history, the dashboard's recent
+    /// history): right after the login, waits until they show it too (one query when they do).
+    pub async fn see_own_login(&self, state: &AppState) -> Result<(), ApiError> {
+        let fresh = self
+            .login_us
+            .is_some_and(|login| chrono::Utc::now().timestamp_micros() - login < FRESH_LOGIN_US);
+        if fresh {
+            state
+                .sync_read_models("Session", &self.session_id.to_string(), Some(1))
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -32,6 +32,11 @@ pub struct AccessClaims {
     pub sid: Uuid,
     /// The user's token epoch when issued; a password change moves it on.
     pub epoch: u32,
+    /// On tokens issued by a login: when the session started, in microseconds since the epoch.
+    /// The read models may not show that login yet; the first read that needs it waits for it
+    /// (read-your-writes without a wait at login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_us: Option<i64>,
 }
 
 struct Key {
@@ -169,6 +174,7 @@ impl Keys {
         user_id: Uuid,
         session_id: Uuid,
         epoch: u32,
+        login_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         ttl_secs: u64,
     ) -> anyhow::Result<String> {
@@ -184,6 +190,7 @@ impl Keys {
             token_type: ACCESS.to_owned(),
             sid: session_id,
             epoch,
+            login_us: login_at.map(|at| at.timestamp_micros()),
         };
         let keys = self
             .keys
@@ -279,7 +286,7 @@ mod tests {
     fn a_cached_token_is_checked_for_expiry_on_every_use() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("jwt-{}", Uuid::new_v4().simple()));
         let keys = Keys::load(None, &dir.join("keyring.json"), "iss", "aud")?;
-        let token = keys.issue(Uuid::new_v4(), Uuid::new_v4(), 0, Utc::now(), 900)?;
+        let token = keys.issue(Uuid::new_v4(), Uuid::new_v4(), 0, None, Utc::now(), 900)?;
         assert!(keys.verify(&token).is_some());
         assert!(keys.verify(&token).is_some(), "served from the cache");
         if let Ok(mut verified) = keys.verified.lock() {

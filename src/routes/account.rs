@@ -39,16 +39,25 @@ fn invalid_credentials() -> ApiError {
 }
 
 /// Access and refresh tokens of one session generation, in the contract's shape.
+/// `login_at` is the session's start on a login's tokens (see `AccessClaims::login_us`).
 pub(crate) fn token_pair(
     state: &AppState,
     user_id: Uuid,
     session_id: Uuid,
     generation: u32,
     epoch: u32,
+    login_at: Option<chrono::DateTime<Utc>>,
 ) -> ApiResult<serde_json::Map<String, Value>> {
     let access = state
         .keys
-        .issue(user_id, session_id, epoch, Utc::now(), state.access_ttl())
+        .issue(
+            user_id,
+            session_id,
+            epoch,
+            login_at,
+            Utc::now(),
+            state.access_ttl(),
+        )
         .map_err(ApiError::Internal)?;
     let mut body = serde_json::Map::new();
     body.insert("access_token".into(), access.into());
@@ -119,12 +128,13 @@ pub(crate) async fn login(
     };
     let session_id = Uuid::new_v4();
     let id = session_id.to_string();
+    let started_at = Utc::now();
     let command = SessionCommand::Start {
         session_id,
         user_id,
         token_epoch: user.token_epoch,
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
-        now: Utc::now(),
+        now: started_at,
     };
     // Clearing the source's failures and starting the session are independent: both at once. A
     // failed clear only leaves this source's count as it was; the login stands.
@@ -132,14 +142,20 @@ pub(crate) async fn login(
         state.throttle.succeeded(&account, &source),
         state.sessions.execute(&id, command, &meta)
     );
-    let done = started.map_err(aggregate_error)?;
+    started.map_err(aggregate_error)?;
     if let Err(error) = released {
         tracing::warn!(%error, "cannot record a successful login's source");
     }
-    state
-        .sync_read_models("Session", &id, done.last_sequence())
-        .await?;
-    let mut body = token_pair(&state, user_id, session_id, 0, user.token_epoch)?;
+    // No wait for the read models here: the access token names the login, and the first read
+    // that must show it waits for it, only if the read models are behind (`AuthUser`).
+    let mut body = token_pair(
+        &state,
+        user_id,
+        session_id,
+        0,
+        user.token_epoch,
+        Some(started_at),
+    )?;
     body.insert(
         "msg".into(),
         format!("Congrats {} your credentials verfied.", user.username).into(),
@@ -219,6 +235,7 @@ pub(crate) async fn dashboard(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> ApiResult<Json<Value>> {
+    user.see_own_login(&state).await?;
     let row = &user.profile;
     let recent = history::page(&state.pool, user.user_id, None, 10).await?;
     Ok(Json(json!({
@@ -269,6 +286,7 @@ pub(crate) async fn own_history(
                 .ok_or_else(|| ApiError::field("cursor", "Invalid cursor."))?,
         ),
     };
+    user.see_own_login(&state).await?;
     let mut rows: Vec<HistoryEntry> =
         history::page(&state.pool, user.user_id, before, limit + 1).await?;
     let next = if rows.len() as i64 > limit {

@@ -55,7 +55,14 @@ pub(crate) async fn refresh(
         // A spent token came back: the chain is revoked.
         return Err(ApiError::InvalidToken);
     }
-    let body = token_pair(&state, user_id, session_id, done.state.generation, epoch)?;
+    let body = token_pair(
+        &state,
+        user_id,
+        session_id,
+        done.state.generation,
+        epoch,
+        done.state.started_at,
+    )?;
     Ok(Json(Value::Object(body)))
 }
 

@@ -215,3 +215,103 @@ async fn concurrent_logins_each_see_their_own_login_on_the_dashboard_at_once() {
         assert_eq!(logins, 2, "{dash}");
     }
 }
+
+/// A login no longer waits for the read models; the caller's first read does, only if they are
+/// behind. With no background projector anywhere, every read below can show the caller's own
+/// writes only through that read path, in this process and in a second API process alike.
+#[tokio::test]
+async fn a_caller_reads_its_own_login_profile_update_and_password_change_at_once_everywhere() {
+    let app = TestApp::spawn_with(|s| s.run_projectors = false).await;
+    let email = "reader@example.com";
+    assert_eq!(app.register("reader", email, PASSWORD).await.status(), 201);
+    let mail = app.smtp.wait_for(email, "Activate your account").await;
+    assert_eq!(app.activate_link(&mail.link()).await.status(), 200);
+    let other = TestApp::start(
+        app.settings.clone(),
+        SmtpSink::start().await,
+        accounts::Roles::API,
+    )
+    .await;
+    for (round, api) in [&app, &other, &app, &other].into_iter().enumerate() {
+        let before = chrono::Utc::now();
+        let login = json_of(api.login(email, PASSWORD).await, StatusCode::OK).await;
+        let access = login["access_token"].as_str().unwrap().to_owned();
+        // Read through the *other* process than the one that logged in, every second round.
+        let reader = if round % 2 == 0 { &other } else { &app };
+        let dashboard = json_of(
+            reader.get_authed("/accounts/api/dashboard/", &access).await,
+            StatusCode::OK,
+        )
+        .await;
+        let last_login: chrono::DateTime<chrono::Utc> = dashboard["user"]["last_login"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            last_login >= before - chrono::Duration::milliseconds(1),
+            "round {round}"
+        );
+        assert_eq!(
+            dashboard["recent_history"][0]["event"], "logged_in",
+            "round {round}"
+        );
+        let history = json_of(
+            reader.get_authed("/accounts/api/history/", &access).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(history["results"][0]["event"], "logged_in", "round {round}");
+
+        let bio = format!("bio of round {round}");
+        let updated = json_of(
+            api.post_authed(
+                "/accounts/api/update/profile/",
+                &access,
+                &serde_json::json!({ "bio": bio }),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(updated["bio"], bio.as_str());
+        let profile = json_of(
+            reader
+                .get_authed("/accounts/api/get/profile/", &access)
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(profile["bio"], bio.as_str());
+    }
+    // A password change through one process is in force at once through the other.
+    let login = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    let access = login["access_token"].as_str().unwrap().to_owned();
+    json_of(
+        app.change_password(&access, PASSWORD, NEW_PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        other
+            .get_authed("/accounts/api/dashboard/", &access)
+            .await
+            .status(),
+        401
+    );
+    let login = json_of(other.login(email, NEW_PASSWORD).await, StatusCode::OK).await;
+    let access = login["access_token"].as_str().unwrap().to_owned();
+    let history = json_of(
+        app.get_authed("/accounts/api/history/", &access).await,
+        StatusCode::OK,
+    )
+    .await;
+    let events: Vec<&str> = history["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["logged_in", "password_changed"]);
+}

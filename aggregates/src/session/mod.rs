@@ -127,6 +127,9 @@ pub struct Session {
     pub last_refreshed_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub ended: bool,
+    /// When the login started the session.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl Session {
@@ -234,11 +237,13 @@ impl Aggregate for Session {
                 user_id,
                 token_epoch,
                 expires_at,
+                started_at,
                 ..
             } => {
                 self.user_id = Some(user_id);
                 self.token_epoch = token_epoch;
                 self.expires_at = Some(expires_at);
+                self.started_at = Some(started_at);
             }
             SessionEvent::Refreshed {
                 generation,
