@@ -67,6 +67,17 @@ fn local_without_sslmode(url: &str, host: &str) -> bool {
     !names_sslmode && local
 }
 
+#[tracing::instrument(skip_all)]
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("cannot run the migrations")?;
+    crate::store::rekey_identities(pool)
+        .await
+        .context("cannot re-key the identities")
+}
+
 #[cfg(test)]
 mod tests {
     use super::local_without_sslmode;
@@ -83,15 +94,4 @@ mod tests {
         let explicit = "postgres://postgres@127.0.0.1:5432/accounts?sslmode=require";
         assert!(!local_without_sslmode(explicit, "127.0.0.1"));
     }
-}
-
-#[tracing::instrument(skip_all)]
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("cannot run the migrations")?;
-    crate::store::rekey_identities(pool)
-        .await
-        .context("cannot re-key the identities")
 }
