@@ -45,9 +45,10 @@ begin
        and row.updated_at >= now() - make_interval(secs => memory) then
         return greatest(extract(epoch from row.blocked_until - now()), 1);
     end if;
+    -- Creates or locks the row, in one statement.
     insert into login_guard (account, source) values (p_account, p_source)
-        on conflict do nothing;
-    select * into row from login_guard where account = p_account and source = p_source for update;
+        on conflict (account, source) do update set account = excluded.account
+        returning * into row;
     if row.updated_at < now() - make_interval(secs => memory) then
         row.failures := 0;
         row.blocked_until := null;
@@ -110,8 +111,10 @@ begin
          where account = p_account and source = '*';
     end if;
     delete from login_guard where account = p_account and source = p_source;
+    -- Refreshed at most daily: most logins write nothing here.
     insert into login_familiar_source (account, source) values (p_account, p_source)
-        on conflict (account, source) do update set last_success = now();
+        on conflict (account, source) do update set last_success = now()
+        where login_familiar_source.last_success < now() - interval '1 day';
 end $$;
 
 -- The admitted check did not happen (the hashing pool shed it): its counts are given back, and

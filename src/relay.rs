@@ -7,6 +7,7 @@ use crate::config::Settings;
 use anyhow::Context;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use projections::reader::{self, Checkpoint, StoredEvent};
+use projections::runner::Look;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -69,13 +70,21 @@ pub async fn publish_batch(
     pool: &PgPool,
     js: &jetstream::Context,
     prefix: &str,
+    look: Look,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let Some(peeked) = reader::peek(&mut conn, NAME, BATCH_SIZE).await? else {
-        return Ok(0);
+    let peeked = match look {
+        Look::First => match reader::peek(&mut conn, NAME, BATCH_SIZE).await? {
+            Some(peeked) => Some(peeked),
+            None => return Ok(0),
+        },
+        Look::Skip => None,
     };
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-    let (_, events) = reader::read_locked(&mut tx, NAME, peeked, BATCH_SIZE).await?;
+    let (_, events) = match peeked {
+        Some(peeked) => reader::read_locked(&mut tx, NAME, peeked, BATCH_SIZE).await?,
+        None => reader::read_locked_now(&mut tx, NAME, BATCH_SIZE).await?,
+    };
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
         let body = integration_event(event);
@@ -110,6 +119,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut stream_ready = false;
+    let mut look = Look::First;
     loop {
         if !stream_ready {
             match ensure_stream(&js, &settings).await {
@@ -119,7 +129,9 @@ pub async fn run(
         }
         if stream_ready {
             loop {
-                match publish_batch(&pool, &js, &settings.nats_subject_prefix).await {
+                let batch = publish_batch(&pool, &js, &settings.nats_subject_prefix, look).await;
+                look = Look::First;
+                match batch {
                     Ok(n) if n as i64 == BATCH_SIZE => continue,
                     Ok(_) => break,
                     Err(error) => {
@@ -135,7 +147,9 @@ pub async fn run(
                 if changed.is_err() {
                     tokio::time::sleep(settings.reader_poll()).await;
                 } else {
-                    // Concurrent commits are published as one batch (see `COALESCE`).
+                    // Concurrent commits are published as one batch (see `COALESCE`), read
+                    // without a look first: the wake-up says there is something.
+                    look = Look::Skip;
                     tokio::time::sleep(projections::runner::COALESCE).await;
                 }
             }

@@ -183,6 +183,18 @@ pub async fn peek(
     )))
 }
 
+/// In a transaction: locks the reader's checkpoint and returns it with the events after it, with
+/// no look first: for a reader that was woken because events were appended.
+pub async fn read_locked_now(
+    conn: &mut PgConnection,
+    name: &str,
+    limit: i64,
+) -> sqlx::Result<(Checkpoint, Vec<StoredEvent>)> {
+    let checkpoint = lock_checkpoint(&mut *conn, name).await?;
+    let events = read_after(conn, &checkpoint, limit).await?;
+    Ok((checkpoint, events))
+}
+
 /// In a transaction: locks the reader's checkpoint and returns it with the events after it,
 /// reusing what `peeked` saw when the checkpoint has not moved since (else reading again).
 pub async fn read_locked(

@@ -14,7 +14,7 @@ pub const BATCH_SIZE: i64 = 500;
 /// How long a woken reader waits before it reads, so that the events of concurrent commits are
 /// read and applied as one batch (one look, one transaction) rather than one by one. Requests that
 /// need their own write catch up themselves and do not wait for it.
-pub const COALESCE: Duration = Duration::from_millis(10);
+pub const COALESCE: Duration = Duration::from_millis(20);
 
 /// A projector's checkpoint name and table: the live ones, or a rebuild's copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,12 +78,36 @@ pub trait Projector: Send + Sync {
 
 /// Handles one batch; returns how many events it applied.
 pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
+    run_batch_after(pool, projector, Look::First).await
+}
+
+/// Whether a batch first looks for new events without a lock (what most wake-ups of a request's
+/// catch-up find: nothing), or goes straight to the locked read (a background reader woken by an
+/// append: one transaction per batch instead of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    First,
+    Skip,
+}
+
+pub async fn run_batch_after(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    look: Look,
+) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let Some(peeked) = reader::peek(&mut conn, projector.name(), BATCH_SIZE).await? else {
-        return Ok(0);
+    let peeked = match look {
+        Look::First => match reader::peek(&mut conn, projector.name(), BATCH_SIZE).await? {
+            Some(peeked) => Some(peeked),
+            None => return Ok(0),
+        },
+        Look::Skip => None,
     };
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-    let (_, events) = reader::read_locked(&mut tx, projector.name(), peeked, BATCH_SIZE).await?;
+    let (_, events) = match peeked {
+        Some(peeked) => reader::read_locked(&mut tx, projector.name(), peeked, BATCH_SIZE).await?,
+        None => reader::read_locked_now(&mut tx, projector.name(), BATCH_SIZE).await?,
+    };
     projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {
         reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;
@@ -92,11 +116,20 @@ pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Resu
     Ok(events.len())
 }
 
-/// Applies every event that is ready now; returns how many.
 pub async fn catch_up(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
+    catch_up_after(pool, projector, Look::First).await
+}
+
+/// [`catch_up`], the first batch with `look`.
+pub async fn catch_up_after(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    mut look: Look,
+) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let applied = run_batch(pool, projector).await?;
+        let applied = run_batch_after(pool, projector, look).await?;
+        look = Look::First;
         total += applied;
         if applied < BATCH_SIZE as usize {
             return Ok(total);
@@ -120,6 +153,16 @@ pub struct CatchUpGate {
 impl CatchUpGate {
     /// Returns once a catch-up that started after this call has run (this one or another).
     pub async fn catch_up(&self, pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<()> {
+        self.catch_up_after(pool, projector, Look::First).await
+    }
+
+    /// [`CatchUpGate::catch_up`], the first batch with `look`.
+    pub async fn catch_up_after(
+        &self,
+        pool: &PgPool,
+        projector: &dyn Projector,
+        look: Look,
+    ) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let mut covered = self.covered.lock().await;
@@ -128,7 +171,7 @@ impl CatchUpGate {
         }
         // Every ticket up to here was taken before this catch-up starts reading.
         let upto = self.tickets.load(Ordering::SeqCst);
-        catch_up(pool, projector).await?;
+        catch_up_after(pool, projector, look).await?;
         *covered = upto;
         Ok(())
     }
@@ -146,16 +189,21 @@ pub async fn run(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut look = Look::First;
     loop {
-        if let Err(error) = gate.catch_up(&pool, projector.as_ref()).await {
+        if let Err(error) = gate.catch_up_after(&pool, projector.as_ref(), look).await {
             tracing::warn!(projector = projector.name(), error = %error, "projector batch failed");
         }
+        look = Look::First;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = wake.changed() => {
                 if changed.is_err() {
-                    // No more wake-ups will come: poll alone.
                     tokio::time::sleep(poll).await;
+                } else {
+                    // Woken by an append: there is something to read.
+                    look = Look::Skip;
+                    tokio::time::sleep(COALESCE).await;
                 }
             }
             _ = tokio::time::sleep(poll) => {}
