@@ -194,6 +194,10 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let address = format!("http://127.0.0.1:{port}");
+    let management_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let management = format!("http://127.0.0.1:{management_port}");
     let env = [
         ("DATABASE_URL", settings.database_url.clone()),
         ("NATS_STREAM", settings.nats_stream.clone()),
@@ -202,6 +206,10 @@ async fn main() -> anyhow::Result<()> {
         ("DATA_DIR", settings.data_dir.display().to_string()),
         ("ALLOWED_LINK_ORIGINS", "http://app.test".to_owned()),
         ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        (
+            "MANAGEMENT_LISTEN_ADDR",
+            format!("127.0.0.1:{management_port}"),
+        ),
         ("IP_RATE_PER_MINUTE", "600000000".to_owned()),
         ("IP_RATE_BURST", "1000000".to_owned()),
         ("LOGIN_FAILURE_LIMIT", "1000000".to_owned()),
@@ -299,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
     let xacts_q = "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()";
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let xacts_before: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
-    let verify_before = verify_seconds(&client, &address).await;
+    let verify_before = verify_seconds(&client, &management).await;
     let (login_rate, login_lat) = {
         let probe = rss_probe.clone();
         let pid_rss = || service.rss_mb();
@@ -313,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
         let (result, ()) = tokio::join!(closed_loop(16, secs, login), sampler);
         result
     };
-    let verify_after = verify_seconds(&client, &address).await;
+    let verify_after = verify_seconds(&client, &management).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let xacts_after: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
     let xacts_per_login = (xacts_after - xacts_before) as f64 / login_lat.len().max(1) as f64;

@@ -63,6 +63,25 @@ pub struct Settings {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the management listener: `/metrics`, `/healthz`, `/readyz`. Every role serves
+    /// it (workers too); keep it off the public network: metrics move with account activity.
+    #[arg(long, env = "MANAGEMENT_LISTEN_ADDR", default_value = "127.0.0.1:9000")]
+    pub management_listen_addr: SocketAddr,
+
+    /// Seconds a connection may take to send a complete request head (also between requests on
+    /// a kept-alive connection) before it is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Most connections served at once per listener; past it a new connection is closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Reverse proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the client; from any other peer those headers are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// Origins (scheme://host[:port]) that e-mailed links may point to, comma-separated.
     #[arg(
         long,

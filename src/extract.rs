@@ -202,8 +202,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         Ok(Self {
             ip: parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+                .get::<crate::http::ClientIp>()
+                .map(|client| client.0.to_string())
+                .or_else(|| {
+                    parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|ConnectInfo(addr)| addr.ip().to_string())
+                }),
             user_agent: header("user-agent"),
             request_id: header("x-request-id"),
         })

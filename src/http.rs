@@ -1,5 +1,6 @@
-//! HTTP hardening: security headers on every response, CORS for configured origins only, a
-//! request timeout, and per-IP rate limits on the unauthenticated endpoints.
+//! HTTP hardening: the client's address (trusted proxies), security headers on every response,
+//! CORS for configured origins only, a request timeout, and per-IP rate limits on the
+//! unauthenticated endpoints.
 
 use crate::config::Settings;
 use crate::error::{throttled, ApiError};
@@ -9,21 +10,164 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use governor::middleware::NoOpMiddleware;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
-use tower_governor::key_extractor::PeerIpKeyExtractor;
+use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub type IpLimitConfig = GovernorConfig<PeerIpKeyExtractor, NoOpMiddleware>;
-pub type IpLimitLayer = GovernorLayer<PeerIpKeyExtractor, NoOpMiddleware, axum::body::Body>;
+/// The address of the client a request is from: the TCP peer, or, when the peer is a trusted
+/// proxy, the address its forwarding headers name. Set on every request by [`client_ip`]; the
+/// per-IP limits, the guessing bound, events, history and logs all use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The reverse proxies whose forwarding headers are believed (`TRUSTED_PROXIES`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Parses IPs and CIDRs; a bad entry is an error (a typo must not trust nobody silently).
+    pub fn parse(entries: &[String]) -> anyhow::Result<Self> {
+        let mut nets = Vec::new();
+        for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            let net =
+                match entry.parse::<IpNet>() {
+                    Ok(net) => net,
+                    Err(_) => IpNet::from(entry.parse::<IpAddr>().map_err(|_| {
+                        anyhow::anyhow!("TRUSTED_PROXIES: {entry:?} is no IP or CIDR")
+                    })?),
+                };
+            nets.push(net);
+        }
+        Ok(Self(nets))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a request from `peer` with `headers`: walking the forwarding chain from the
+    /// nearest hop, the first address that is not a trusted proxy.
+    pub fn client_of(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        let peer = canonical_ip(peer);
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let chain = forwarded_chain(headers);
+        chain
+            .iter()
+            .rev()
+            .copied()
+            .find(|ip| !self.trusts(*ip))
+            .or_else(|| chain.first().copied())
+            .unwrap_or(peer)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One `for=` value or `X-Forwarded-For` entry: an address, possibly quoted, bracketed, with a
+/// port; obfuscated identifiers (`unknown`, `_hidden`) are not addresses.
+fn parse_hop(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim().trim_matches('"');
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Some(canonical_ip(ip));
+    }
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Some(canonical_ip(addr.ip()));
+    }
+    raw.trim_start_matches('[')
+        .split(']')
+        .next()
+        .and_then(|inner| inner.parse::<IpAddr>().ok())
+        .map(canonical_ip)
+}
+
+/// The forwarding chain, client first: RFC 7239 `Forwarded` when present, else
+/// `X-Forwarded-For` (every header line, in order).
+fn forwarded_chain(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    };
+    let forwarded = values("forwarded");
+    if !forwarded.is_empty() {
+        return forwarded
+            .iter()
+            .flat_map(|line| line.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_hop(value))?
+                })
+            })
+            .collect();
+    }
+    values("x-forwarded-for")
+        .iter()
+        .flat_map(|line| line.split(','))
+        .filter_map(parse_hop)
+        .collect()
+}
+
+/// Sets [`ClientIp`] on the request (outermost layer, so that every other layer sees it).
+pub async fn client_ip(
+    axum::extract::State(trusted): axum::extract::State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        let client = trusted.client_of(peer, request.headers());
+        request.extensions_mut().insert(ClientIp(client));
+    }
+    next.run(request).await
+}
+
+/// The per-IP limiter's key: the [`ClientIp`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientIpKeyExtractor;
+
+impl KeyExtractor for ClientIpKeyExtractor {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
+        req.extensions()
+            .get::<ClientIp>()
+            .map(|c| c.0)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+pub type IpLimitConfig = GovernorConfig<ClientIpKeyExtractor, NoOpMiddleware>;
+pub type IpLimitLayer = GovernorLayer<ClientIpKeyExtractor, NoOpMiddleware, axum::body::Body>;
 
 /// The per-IP quota of the unauthenticated endpoints, shared by all of them.
 pub fn ip_limit_config(settings: &Settings) -> Option<Arc<IpLimitConfig>> {
     let per_minute = settings.ip_rate_per_minute.max(1);
     GovernorConfigBuilder::default()
+        .key_extractor(ClientIpKeyExtractor)
         .per_millisecond((60_000 / per_minute).max(1))
         .burst_size(settings.ip_rate_burst.max(1))
         .finish()
@@ -107,5 +251,50 @@ async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
             "The request took too long. Please try again.",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() -> anyhow::Result<()> {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.0.2.1".into()])?;
+        let peer: IpAddr = "10.1.2.3".parse()?;
+        let stranger: IpAddr = "203.0.113.9".parse()?;
+        let xff = headers(&[("x-forwarded-for", "198.51.100.7, 10.9.9.9")]);
+        assert_eq!(
+            trusted.client_of(peer, &xff),
+            "198.51.100.7".parse::<IpAddr>()?
+        );
+        // A client cannot pick its address by prepending to the chain.
+        let forged = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7")]);
+        assert_eq!(
+            trusted.client_of(peer, &forged),
+            "198.51.100.7".parse::<IpAddr>()?
+        );
+        // From an untrusted peer the headers mean nothing.
+        assert_eq!(trusted.client_of(stranger, &xff), stranger);
+        let forwarded = headers(&[(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https, for=192.0.2.1",
+        )]);
+        assert_eq!(
+            trusted.client_of(peer, &forwarded),
+            "2001:db8::1".parse::<IpAddr>()?
+        );
+        assert_eq!(trusted.client_of(peer, &HeaderMap::new()), peer);
+        assert!(TrustedProxies::parse(&["not an address".into()]).is_err());
+        Ok(())
     }
 }

@@ -33,6 +33,7 @@ pub mod relay;
 pub mod routes;
 pub mod secrets;
 pub mod seed;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -44,6 +44,8 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    // The request span names the route's template, never the path (links carry tokens in it).
+    tracing::Span::current().record("route", route.as_str());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

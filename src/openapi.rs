@@ -186,7 +186,6 @@ pub struct ErrorDetail {
         meta::spectacular,
         meta::healthz,
         meta::readyz,
-        meta::metrics,
     ),
     modifiers(&BearerAuth)
 )]

@@ -11,7 +11,6 @@ use crate::{db, relay, routes, wake};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -53,6 +52,8 @@ impl Roles {
 
 pub struct Application {
     listener: Option<TcpListener>,
+    /// Metrics and probes, for every role (`MANAGEMENT_LISTEN_ADDR`).
+    management: TcpListener,
     state: AppState,
     roles: Roles,
     nats: async_nats::Client,
@@ -89,6 +90,17 @@ impl Application {
             .connect(settings.nats_url.as_str())
             .await
             .context("NATS_URL is not valid")?;
+        crate::http::TrustedProxies::parse(&settings.trusted_proxies)?;
+        let open_files = crate::serve::raise_fd_limit();
+        tracing::debug!(open_files, "open-file limit");
+        let management = TcpListener::bind(settings.management_listen_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (MANAGEMENT_LISTEN_ADDR)",
+                    settings.management_listen_addr
+                )
+            })?;
         let listener = if roles.api {
             Some(
                 TcpListener::bind(settings.listen_addr)
@@ -135,6 +147,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            management,
             state,
             roles,
             nats,
@@ -150,6 +163,11 @@ impl Application {
             .map(|a| a.port())
     }
 
+    /// The port of the management listener (metrics and probes).
+    pub fn management_port(&self) -> Option<u16> {
+        self.management.local_addr().ok().map(|a| a.port())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -158,12 +176,17 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             listener,
+            management,
             state,
             roles,
             nats,
             wake: (wake_tx, wake_rx),
         } = self;
         let settings = (*state.settings).clone();
+        let limits = crate::serve::Limits {
+            header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
+            max_connections: settings.max_connections,
+        };
         let js = async_nats::jetstream::new(nats);
         let mut tasks = JoinSet::new();
         tasks.spawn(wake::listen(state.pool.clone(), wake_tx, shutdown.clone()));
@@ -214,14 +237,22 @@ impl Application {
                 ));
             }
             let app = http_app(state.clone(), ip_limits.map(crate::http::ip_limit_layer));
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("HTTP server failed")?;
+            tasks.spawn(serve_management(
+                management,
+                state.clone(),
+                limits,
+                shutdown.clone(),
+            ));
+            crate::serve::serve(listener, app, limits, shutdown.clone())
+                .await
+                .context("HTTP server failed")?;
         } else {
+            tasks.spawn(serve_management(
+                management,
+                state.clone(),
+                limits,
+                shutdown.clone(),
+            ));
             shutdown.cancelled().await;
         }
         while tasks.join_next().await.is_some() {}
@@ -239,10 +270,55 @@ pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) ->
     let router = routes::router(state, ip_limit)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::observe::track_http));
+    let trusted =
+        Arc::new(crate::http::TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default());
     crate::http::harden(router, &settings)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            crate::http::client_ip,
+        ))
+}
+
+/// The span of one request: method, route template (recorded once routed), request id and
+/// client address. Never the URI: e-mailed links carry their tokens in the path.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let client = request
+        .extensions()
+        .get::<crate::http::ClientIp>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = tracing::field::Empty,
+        request_id,
+        client_ip = %client,
+    )
+}
+
+/// Serves metrics and probes on the management listener until `shutdown`.
+async fn serve_management(
+    listener: TcpListener,
+    state: AppState,
+    limits: crate::serve::Limits,
+    shutdown: CancellationToken,
+) {
+    let settings = state.settings.clone();
+    let app = crate::http::harden(routes::management_router(state), &settings);
+    if let Err(error) = crate::serve::serve(listener, app, limits, shutdown).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "the management listener failed"
+        );
+    }
 }
 
 /// Picks up key rotations made by `accounts keys rotate` (possibly in another process).

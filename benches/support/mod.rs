@@ -26,6 +26,7 @@ pub fn bench_settings(tag: &str) -> anyhow::Result<Settings> {
     settings.nats_subject_prefix = format!("b{id}");
     settings.smtp_url = None;
     settings.listen_addr = "127.0.0.1:0".parse()?;
+    settings.management_listen_addr = "127.0.0.1:0".parse()?;
     settings.data_dir = std::env::temp_dir().join(format!("accounts-bench-{id}"));
     settings.allowed_link_origins = vec!["http://app.test".into()];
     settings.ip_rate_per_minute = 600_000_000;

@@ -16,7 +16,16 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/accounts/api/spectacular/", get(spectacular)),
         ("/healthz", get(healthz)),
         ("/readyz", get(readyz)),
+    ]
+}
+
+/// The management listener's routes (`MANAGEMENT_LISTEN_ADDR`): metrics move with account
+/// activity (mails sent by kind, logins), so they are not served on the public listener.
+pub fn management_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
         ("/metrics", get(metrics)),
+        ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
     ]
 }
 
@@ -105,7 +114,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     )
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format")))]
+/// Prometheus text format; on the management listener only.
 pub(crate) async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -65,6 +65,18 @@ pub fn router(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> R
         .with_state(state)
 }
 
+/// The management listener's router: metrics and probes, JSON 404 elsewhere.
+pub fn management_router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, method_router) in meta::management_routes() {
+        router = router.route(path, method_router);
+    }
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(method_not_allowed))
+        .with_state(state)
+}
+
 /// The interactive documentation, with its assets embedded in the binary (no outside network).
 /// Its page runs our own scripts and styles, so it gets a CSP that allows exactly those.
 fn swagger_ui() -> Router<AppState> {

@@ -19,3 +19,4 @@ mod operations;
 mod processes;
 mod registration;
 mod security;
+mod transport;

@@ -68,7 +68,12 @@ async fn metrics_show_requests_hashing_lag_and_mails() {
     app.active_user("metric", "metric@example.com").await;
     app.wait_for_mailer_idle().await;
     let metrics = || async {
-        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        let response = app
+            .client
+            .get(format!("{}/metrics", app.management))
+            .send()
+            .await
+            .unwrap();
         response.text().await.unwrap()
     };
     eventually(|| async {
@@ -187,7 +192,7 @@ async fn a_refused_mail_is_retried_with_back_off_and_sent_once() {
     assert_eq!(app.smtp.to("retry@example.com").len(), 1);
     let text = app
         .client
-        .get(app.url("/metrics"))
+        .get(format!("{}/metrics", app.management))
         .send()
         .await
         .unwrap()
@@ -238,7 +243,7 @@ async fn a_mail_failing_every_attempt_is_recorded_listed_and_retried_by_command(
     );
     let text = app
         .client
-        .get(app.url("/metrics"))
+        .get(format!("{}/metrics", app.management))
         .send()
         .await
         .unwrap()

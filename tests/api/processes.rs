@@ -55,6 +55,7 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
         ("IP_RATE_PER_MINUTE", "6000000".into()),
         ("IP_RATE_BURST", "100000".into()),
         ("RUST_LOG", "warn".into()),
+        ("MANAGEMENT_LISTEN_ADDR", "127.0.0.1:0".into()),
         // These tests load a 2-core machine with several processes: queue rather than shed.
         ("PASSWORD_HASH_QUEUE_TIMEOUT_MS", "60000".into()),
     ]

@@ -21,6 +21,8 @@ pub const NEW_PASSWORD: &str = "purple monkey dishwasher 42";
 
 pub struct TestApp {
     pub address: String,
+    /// The management listener: `/metrics`, `/healthz`, `/readyz`.
+    pub management: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub settings: Settings,
@@ -86,6 +88,7 @@ pub async fn test_settings(smtp: &SmtpSink) -> Settings {
     settings.nats_subject_prefix = format!("t{id}");
     settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
     settings.listen_addr = "127.0.0.1:0".parse().unwrap();
+    settings.management_listen_addr = "127.0.0.1:0".parse().unwrap();
     settings.data_dir = std::env::temp_dir().join(format!("accounts-test-{id}"));
     settings.allowed_link_origins = vec!["http://app.test".into()];
     settings.default_link_base_url = RESET_BASE.into();
@@ -117,6 +120,7 @@ impl TestApp {
             .await
             .expect("the service builds");
         let port = app.port();
+        let management_port = app.management_port();
         let pool = app.state().pool.clone();
         let keys = app.state().keys.clone();
         let service_nats = app.state().nats.clone();
@@ -140,6 +144,7 @@ impl TestApp {
         }
         TestApp {
             address: format!("http://127.0.0.1:{}", port.unwrap_or(0)),
+            management: format!("http://127.0.0.1:{}", management_port.unwrap_or(0)),
             client: reqwest::Client::new(),
             pool,
             settings,
