@@ -567,3 +567,126 @@ async fn with_postgres_restarted_the_api_answers_503_then_recovers_and_loses_no_
     .await;
     every_event_published_once(&app).await;
 }
+
+// Finding 12: with RUST_LOG=debug the request span showed link tokens (`uri=/…/verify/token/…`).
+#[tokio::test]
+async fn at_trace_level_the_log_holds_no_password_token_or_hash() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let smtp = SmtpSink::start().await;
+    let settings = shared_settings(&smtp).await;
+    let port = free_port();
+    let log_path = settings.data_dir.join("trace.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_accounts"));
+    command
+        .arg("serve")
+        .envs(env_of(&settings))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    let proc = Proc(command.spawn().unwrap());
+    let api = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    eventually_within(90, || async {
+        client.get(format!("{api}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let post = |path: String, body: serde_json::Value| {
+        let (client, api) = (&client, &api);
+        async move {
+            client
+                .post(format!("{api}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let email = "traced@example.com";
+    let secret = "a traced passphrase of 2026";
+    let new_secret = "another traced passphrase";
+    let registered = post(
+        "/accounts/api/registration/".into(),
+        serde_json::json!({"username": "traced", "email": email, "password": secret,
+            "confirm_password": secret, "verification_base_url": LINK_BASE}),
+    )
+    .await;
+    assert_eq!(registered.status(), 201);
+    let activation = smtp.wait_for(email, "Activate").await.link();
+    let (uid, activation_token) = link_parts(&activation);
+    let activated = post(
+        format!("/accounts/api/verify/token/{uid}/{activation_token}/"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(activated.status(), 200);
+    let login = post(
+        "/accounts/api/login/".into(),
+        serde_json::json!({"email": email, "password": secret}),
+    )
+    .await;
+    let login: serde_json::Value = login.json().await.unwrap();
+    let access = login["access_token"].as_str().unwrap().to_owned();
+    let refresh = login["refresh_token"].as_str().unwrap().to_owned();
+    let refreshed: serde_json::Value = post(
+        "/accounts/api/token/refresh/".into(),
+        serde_json::json!({"refresh_token": refresh}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let second_refresh = refreshed["refresh_token"].as_str().unwrap().to_owned();
+    let profile = client
+        .get(format!("{api}/accounts/api/get/profile/"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), 200);
+    post(
+        "/accounts/api/forget/password/".into(),
+        serde_json::json!({"email": email}),
+    )
+    .await;
+    let reset = smtp.wait_for(email, "Reset your password").await.link();
+    let (uid, reset_token) = link_parts(&reset);
+    let done = post(
+        format!("/accounts/api/set/new/forget/password/{uid}/{reset_token}/"),
+        serde_json::json!({"new_password": new_secret, "confirm_password": new_secret}),
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let hash: String =
+        sqlx::query_scalar("select password_hash from credential order by created_at desc limit 1")
+            .fetch_one(&sqlx::PgPool::connect(&settings.database_url).await.unwrap())
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proc.kill();
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("/accounts/api/verify/token/{uidb64}/{token}/"),
+        "the log names routes by their template"
+    );
+    for (what, secret) in [
+        ("password", secret),
+        ("new password", new_secret),
+        ("activation token", activation_token.as_str()),
+        ("reset token", reset_token.as_str()),
+        ("access token", access.as_str()),
+        ("refresh token", refresh.as_str()),
+        ("rotated refresh token", second_refresh.as_str()),
+        ("password hash", hash.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the log holds the {what}");
+    }
+    // The signature part of a token is enough to replay it: none of it either.
+    let signature = access.rsplit('.').next().unwrap();
+    assert!(
+        !log.contains(signature),
+        "the log holds an access token's signature"
+    );
+}
