@@ -1,4 +1,4 @@
-//! The performance figures of issue #6, each next to its baseline measured in the same run, on
+//! The performance figures of issues #6 and #12, each next to its baseline measured in the same run, on
 //! the service running as its own process (`accounts serve`, release build). Writes
 //! docs/BENCHMARKS.md (block `load`).
 //!
@@ -328,6 +328,14 @@ async fn main() -> anyhow::Result<()> {
     let verifications = (verify_after.2 - verify_before.2).max(1.0);
     let verify_in_service_ms = (verify_after.0 - verify_before.0) * 1000.0 / verifications;
     let verify_cpu_in_service_ms = (verify_after.1 - verify_before.1) * 1000.0 / verifications;
+    // CPU per login outside argon2id: the service less its own argon2id CPU, Postgres, nats-server.
+    let cpu_end = CpuTimes::now(pid);
+    let logins = login_lat.len().max(1) as f64;
+    let around_hash_ms = ((cpu_end.service - cpu.service) + (cpu_end.postgres - cpu.postgres)
+        + (cpu_end.nats - cpu.nats))
+        * 1000.0
+        / logins
+        - (verify_after.1 - verify_before.1) * 1000.0 / logins;
     cpu_rows.push(cpu.row_since("login (saturation)", pid, login_lat.len()));
     let loaded_rss = *rss_probe.lock().unwrap_or_else(|e| e.into_inner());
     let paced_rate = login_rate * 0.8;
@@ -559,7 +567,9 @@ async fn main() -> anyhow::Result<()> {
     let p = percentile;
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
     let rows = [
-        format!("| password logins/s at saturation (16 clients) | {login_rate:.1}/s | argon2id verifications/s on all cores, no HTTP: {argon_rate:.1}/s | {:.2} | ≥ 0.90: {} |", login_rate / argon_rate, verdict(login_rate / argon_rate >= 0.9)),
+        format!("| password logins/s at saturation (16 clients) | {login_rate:.1}/s | argon2id verifications/s on all cores, no HTTP: {argon_rate:.1}/s | {:.2} | ≥ 0.85: {} |", login_rate / argon_rate, verdict(login_rate / argon_rate >= 0.85)),
+        format!("| CPU per login outside argon2id (service less its argon2id CPU, Postgres, nats-server) | {around_hash_ms:.2} ms | – | – | ≤ 3 ms: {} |", verdict(around_hash_ms <= 3.0)),
+        format!("| database transactions per login at saturation (every role) | {xacts_per_login:.1} | – | – | ≤ 4: {} |", verdict(xacts_per_login <= 4.0)),
         format!("| p99 login latency at 80 % of that rate ({paced_rate:.1}/s) | {:.1} ms (p50 {:.1}) | one argon2id verification: {one_verify_ms:.1} ms | {:.2} | ≤ 3: {} |", p(&paced, 99.0), p(&paced, 50.0), p(&paced, 99.0) / one_verify_ms, verdict(p(&paced, 99.0) <= 3.0 * one_verify_ms)),
         format!("| authenticated `GET /accounts/api/get/profile/` (32 clients) | {profile_rate:.0}/s, p99 {:.1} ms | bare axum + one indexed read: {bare_rate:.0}/s, p99 {:.1} ms | {:.2} | ≥ 5,000/s, p99 ≤ 20 ms, ratio ≥ 0.5: {} |", p(&profile_lat, 99.0), p(&bare_lat, 99.0), profile_rate / bare_rate, verdict(profile_rate >= 5000.0 && p(&profile_lat, 99.0) <= 20.0 && profile_rate / bare_rate >= 0.5)),
         format!("| refreshes/s (32 chains) | {refresh_rate:.0}/s, p99 {:.1} ms | – | – | ≥ 1,000/s, p99 ≤ 50 ms: {} |", p(&refresh_lat, 99.0), verdict(refresh_rate >= 1000.0 && p(&refresh_lat, 99.0) <= 50.0)),
