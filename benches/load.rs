@@ -213,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
         ("IP_RATE_PER_MINUTE", "600000000".to_owned()),
         ("IP_RATE_BURST", "1000000".to_owned()),
         ("LOGIN_FAILURE_LIMIT", "1000000".to_owned()),
+        ("LOGIN_SHARED_FAILURE_LIMIT", "1000000".to_owned()),
         ("RUST_LOG", "error".to_owned()),
     ];
     let client = reqwest::Client::new();
@@ -331,7 +332,8 @@ async fn main() -> anyhow::Result<()> {
     // CPU per login outside argon2id: the service less its own argon2id CPU, Postgres, nats-server.
     let cpu_end = CpuTimes::now(pid);
     let logins = login_lat.len().max(1) as f64;
-    let around_hash_ms = ((cpu_end.service - cpu.service) + (cpu_end.postgres - cpu.postgres)
+    let around_hash_ms = ((cpu_end.service - cpu.service)
+        + (cpu_end.postgres - cpu.postgres)
         + (cpu_end.nats - cpu.nats))
         * 1000.0
         / logins

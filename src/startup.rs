@@ -191,6 +191,9 @@ impl Application {
         let mut tasks = JoinSet::new();
         tasks.spawn(wake::listen(state.pool.clone(), wake_tx, shutdown.clone()));
         tasks.spawn(reload_keys(state.keys.clone(), shutdown.clone()));
+        if roles.api {
+            tasks.spawn(state.throttle.clone().prune_now_and_then(shutdown.clone()));
+        }
         crate::observe::handle();
         tasks.spawn(crate::observe::watch_lag(
             state.pool.clone(),

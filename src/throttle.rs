@@ -170,6 +170,40 @@ impl LoginThrottle {
         Ok(())
     }
 
+    /// Forgets what no longer counts: failures older than their memory (and no back-off in
+    /// force) and sources not familiar any more, so the tables stay as large as recent activity.
+    pub async fn prune(&self) -> sqlx::Result<u64> {
+        let guards = sqlx::query(
+            "delete from login_guard
+              where updated_at < now() - make_interval(secs => $1)
+                and (blocked_until is null or blocked_until < now())",
+        )
+        .bind(FAILURE_MEMORY_SECS)
+        .execute(&self.pool)
+        .await?;
+        let sources = sqlx::query(
+            "delete from login_familiar_source
+              where last_success < now() - make_interval(days => $1::integer)",
+        )
+        .bind(self.familiar_days)
+        .execute(&self.pool)
+        .await?;
+        Ok(guards.rows_affected() + sources.rows_affected())
+    }
+
+    /// Prunes every 10 minutes until `shutdown` (see [`LoginThrottle::prune`]).
+    pub async fn prune_now_and_then(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            }
+            if let Err(error) = self.prune().await {
+                tracing::warn!(%error, "cannot prune the login guard");
+            }
+        }
+    }
+
     /// Clears an account's back-off from every source (its password was reset by e-mail, which
     /// proved ownership).
     pub async fn clear(&self, account: &str) -> sqlx::Result<()> {

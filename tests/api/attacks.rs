@@ -528,3 +528,51 @@ async fn logout_and_reuse_detection_end_the_sessions_access_tokens_at_once() {
     assert_eq!(dashboard(rotated_access).await, 401);
     assert_eq!(dashboard(second_access).await, 401);
 }
+
+// The guard's tables keep only what still counts, however many addresses and sources are tried.
+#[tokio::test]
+async fn the_guard_forgets_stale_failures_and_sources() {
+    let app = TestApp::spawn().await;
+    app.active_user("pruned", "pruned@example.com").await;
+    for n in 0..3 {
+        login_from(&app, &from(2), &format!("nobody{n}@example.com"), "guess").await;
+    }
+    let count = |table: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("select count(*) from {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(count("login_guard").await >= 3);
+    assert_eq!(count("login_familiar_source").await, 1);
+    let guard = accounts::throttle::LoginThrottle::new(
+        app.pool.clone(),
+        5,
+        20,
+        Duration::from_secs(30),
+        Duration::from_secs(900),
+        90,
+    );
+    // Nothing is stale yet.
+    assert_eq!(guard.prune().await.unwrap(), 0);
+    sqlx::query("update login_guard set updated_at = now() - interval '2 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update login_familiar_source set last_success = now() - interval '91 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(guard.prune().await.unwrap() >= 4);
+    assert_eq!(count("login_guard").await, 0);
+    assert_eq!(count("login_familiar_source").await, 0);
+    // The owner logs in as before, and the place becomes familiar again.
+    assert_eq!(
+        login_from(&app, &from(1), "pruned@example.com", PASSWORD).await,
+        200
+    );
+    assert_eq!(count("login_familiar_source").await, 1);
+}
