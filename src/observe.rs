@@ -26,9 +26,75 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            describe();
             Some(handle)
         })
         .as_ref()
+}
+
+/// The `# HELP` text of every metric this service records.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method and route template"
+    );
+    describe_counter!(
+        "http_accept_errors_total",
+        "connections that could not be accepted (e.g. out of file descriptors)"
+    );
+    describe_counter!(
+        "http_connections_refused_total",
+        "connections closed at once because MAX_CONNECTIONS were open"
+    );
+    describe_histogram!(
+        "password_hash_seconds",
+        Unit::Seconds,
+        "wall time of one argon2id hash or verification (or strength estimate), by op"
+    );
+    describe_histogram!(
+        "password_hash_cpu_seconds",
+        Unit::Seconds,
+        "CPU time of one argon2id hash or verification (or strength estimate), by op"
+    );
+    describe_gauge!(
+        "password_hash_queue",
+        "password checks waiting for a hashing slot"
+    );
+    describe_counter!(
+        "password_hash_shed_total",
+        "password checks answered 503 because hashing was saturated"
+    );
+    describe_gauge!(
+        "reader_lag_events",
+        "events the reader (relay, projector) has not handled yet; 0 once it has ended"
+    );
+    describe_gauge!(
+        "reader_lag_seconds",
+        Unit::Seconds,
+        "age of the oldest event the reader has not handled; 0 once it has ended"
+    );
+    describe_counter!(
+        "mails_sent_total",
+        "mails accepted by the SMTP server or written, by kind"
+    );
+    describe_counter!(
+        "mails_failed_total",
+        "mail delivery attempts that failed, by kind"
+    );
+    describe_counter!(
+        "mails_retried_total",
+        "mails sent again by `accounts mail retry`"
+    );
+    describe_counter!(
+        "mails_skipped_total",
+        "mails not sent, by kind and reason: synthetic (generated data), expired or superseded link"
+    );
 }
 
 /// The Prometheus text exposition of every metric.
@@ -57,9 +123,19 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// Publishes each reader's lag (events behind, age of the oldest pending event) every few seconds.
+/// A reader that has ended (a finished rebuild) has its gauges reset to 0, so that no lag alert
+/// fires for good on a reader that no longer exists.
 pub async fn watch_lag(pool: PgPool, shutdown: CancellationToken) {
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         if let Ok(readers) = projections::rebuild::status(&pool).await {
+            let now: std::collections::HashSet<String> =
+                readers.iter().map(|r| r.name.clone()).collect();
+            for gone in seen.difference(&now) {
+                metrics::gauge!("reader_lag_events", "reader" => gone.clone()).set(0.0);
+                metrics::gauge!("reader_lag_seconds", "reader" => gone.clone()).set(0.0);
+            }
+            seen = now;
             for reader in readers {
                 let seconds = reader
                     .oldest_pending

@@ -57,12 +57,22 @@ pub fn integration_event(event: &StoredEvent) -> Value {
         "position": event.global_position,
         "recorded_at": event.recorded_at,
         "data": data,
-        "metadata": {
-            "ip": event.meta("ip"),
-            "user_agent": event.meta("user_agent"),
-            "request_id": event.meta("request_id"),
-        },
+        "metadata": metadata(event),
     })
+}
+
+/// The published metadata: where the command came from, and `synthetic: true` on events the data
+/// generator wrote (no person is behind them: workers must not act on them, e.g. mail).
+fn metadata(event: &StoredEvent) -> Value {
+    let mut metadata = json!({
+        "ip": event.meta("ip"),
+        "user_agent": event.meta("user_agent"),
+        "request_id": event.meta("request_id"),
+    });
+    if event.metadata.get("synthetic").and_then(Value::as_bool) == Some(true) {
+        metadata["synthetic"] = Value::Bool(true);
+    }
+    metadata
 }
 
 /// Publishes one batch and moves the checkpoint; returns how many events it published.

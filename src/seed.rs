@@ -19,6 +19,80 @@ use uuid::Uuid;
 pub const SEED_PASSWORD: &str = "seeded accounts share this passphrase";
 const BATCH_ROWS: usize = 5_000;
 
+/// One generated event, ordered by its time (then by generation order) so that the rows are
+/// written in time order: `recorded_at` then follows `global_position`.
+struct Row {
+    at: DateTime<Utc>,
+    order: u64,
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    version: String,
+    payload: Value,
+    metadata: Value,
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Row {}
+impl PartialOrd for Row {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Row {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// Generated rows not written yet, earliest first.
+#[derive(Default)]
+struct Pending {
+    rows: std::collections::BinaryHeap<std::cmp::Reverse<Row>>,
+    order: u64,
+}
+
+impl Pending {
+    #[allow(clippy::too_many_arguments)]
+    fn push<E: DomainEvent + Serialize>(
+        &mut self,
+        aggregate_type: &'static str,
+        id: &str,
+        sequence: i64,
+        event: &E,
+        metadata: &Value,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.order += 1;
+        self.rows.push(std::cmp::Reverse(Row {
+            at,
+            order: self.order,
+            aggregate_type,
+            aggregate_id: id.to_owned(),
+            sequence,
+            event_type: event.event_type(),
+            version: event.event_version(),
+            payload: serde_json::to_value(event)?,
+            metadata: metadata.clone(),
+        }));
+        Ok(())
+    }
+
+    /// Moves every row up to `until` into `batch`, in time order.
+    fn release(&mut self, until: DateTime<Utc>, batch: &mut Batch) {
+        while self.rows.peek().is_some_and(|r| r.0.at <= until) {
+            if let Some(std::cmp::Reverse(row)) = self.rows.pop() {
+                batch.push(row);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Batch {
     aggregate_type: Vec<&'static str>,
@@ -32,24 +106,15 @@ struct Batch {
 }
 
 impl Batch {
-    fn push<E: DomainEvent + Serialize>(
-        &mut self,
-        aggregate_type: &'static str,
-        id: &str,
-        sequence: i64,
-        event: &E,
-        metadata: &Value,
-        at: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
-        self.aggregate_type.push(aggregate_type);
-        self.aggregate_id.push(id.to_owned());
-        self.sequence.push(sequence);
-        self.event_type.push(event.event_type());
-        self.versions.push(event.event_version());
-        self.payload.push(serde_json::to_value(event)?);
-        self.metadata.push(metadata.clone());
-        self.recorded_at.push(at);
-        Ok(())
+    fn push(&mut self, row: Row) {
+        self.aggregate_type.push(row.aggregate_type);
+        self.aggregate_id.push(row.aggregate_id);
+        self.sequence.push(row.sequence);
+        self.event_type.push(row.event_type);
+        self.versions.push(row.version);
+        self.payload.push(row.payload);
+        self.metadata.push(row.metadata);
+        self.recorded_at.push(row.at);
     }
 
     fn len(&self) -> usize {
@@ -85,6 +150,10 @@ impl Batch {
 
 /// Generates `users` accounts with on average about ten events each, spread over the last `days`
 /// days; `progress` is told how many events each flush wrote. Returns the number of events.
+///
+/// Only the past is written, in time order (`recorded_at` follows `global_position`), and every
+/// event's metadata says `synthetic: true`: the relay publishes it, and workers (the mailer) do not
+/// act on it.
 pub async fn seed(
     pool: &PgPool,
     password_hash: &str,
@@ -96,6 +165,11 @@ pub async fn seed(
     let mut rng = StdRng::seed_from_u64(rng_seed);
     let now = Utc::now();
     let mut batch = Batch::default();
+    let mut pending = Pending::default();
+    // Registrations in time order, so that rows up to each one's time are final.
+    let span = days.max(1) * 86_400;
+    let mut offsets: Vec<i64> = (0..users).map(|_| rng.gen_range(0..span)).collect();
+    offsets.sort_unstable();
     let mut credentials: (Vec<Uuid>, Vec<Uuid>) = (Vec::new(), Vec::new());
     let mut total = 0;
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -108,15 +182,17 @@ pub async fn seed(
         let meta = json!({
             "ip": format!("10.{}.{}.{}", rng.gen_range(0..255), rng.gen_range(0..255), rng.gen_range(1..255)),
             "user_agent": "seed/1.0",
+            "synthetic": true,
         });
-        let mut at = now - Duration::seconds(rng.gen_range(0..days.max(1) * 86_400));
+        let registered_at = now - Duration::seconds(span) + Duration::seconds(offsets[n]);
+        let mut at = registered_at;
         let mut seq = 0i64;
-        let mut user_event = |batch: &mut Batch, event: UserEvent, at: DateTime<Utc>| {
+        let mut user_event = |pending: &mut Pending, event: UserEvent, at: DateTime<Utc>| {
             seq += 1;
-            batch.push("User", &id, seq, &event, &meta, at)
+            pending.push("User", &id, seq, &event, &meta, at)
         };
         user_event(
-            &mut batch,
+            &mut pending,
             UserEvent::Registered {
                 user_id,
                 username: username.clone(),
@@ -129,7 +205,7 @@ pub async fn seed(
             at,
         )?;
         user_event(
-            &mut batch,
+            &mut pending,
             UserEvent::ActivationLinkIssued {
                 request_id: Uuid::new_v4(),
                 email: email.clone(),
@@ -142,10 +218,16 @@ pub async fn seed(
         )?;
         credentials.0.push(credential_id);
         credentials.1.push(user_id);
-        if rng.gen_bool(0.9) {
+        'history: {
+            if !rng.gen_bool(0.9) {
+                break 'history;
+            }
             at += Duration::seconds(rng.gen_range(30..7_200));
+            if at > now {
+                break 'history;
+            }
             user_event(
-                &mut batch,
+                &mut pending,
                 UserEvent::Activated {
                     method: ActivationMethod::Link,
                     activated_at: at,
@@ -154,8 +236,11 @@ pub async fn seed(
             )?;
             if rng.gen_bool(0.5) {
                 at += Duration::minutes(rng.gen_range(1..600));
+                if at > now {
+                    break 'history;
+                }
                 user_event(
-                    &mut batch,
+                    &mut pending,
                     UserEvent::ProfileUpdated {
                         changes: ProfileChanges {
                             country: Some(
@@ -172,10 +257,13 @@ pub async fn seed(
             // Logins: each its own session stream, with a few refreshes and a logout.
             for _ in 0..rng.gen_range(0..5) {
                 at += Duration::minutes(rng.gen_range(1..2_000));
+                if at > now {
+                    break 'history;
+                }
                 let session_id = Uuid::new_v4();
                 let sid = session_id.to_string();
                 let mut sseq = 1;
-                batch.push(
+                pending.push(
                     "Session",
                     &sid,
                     sseq,
@@ -192,8 +280,11 @@ pub async fn seed(
                 )?;
                 for generation in 1..=rng.gen_range(0..4u32) {
                     at += Duration::minutes(15);
+                    if at > now {
+                        break 'history;
+                    }
                     sseq += 1;
-                    batch.push(
+                    pending.push(
                         "Session",
                         &sid,
                         sseq,
@@ -208,7 +299,7 @@ pub async fn seed(
                     )?;
                 }
                 sseq += 1;
-                batch.push(
+                pending.push(
                     "Session",
                     &sid,
                     sseq,
@@ -221,6 +312,8 @@ pub async fn seed(
                 )?;
             }
         }
+        // No later account has events before its registration: what lies before it is final.
+        pending.release(registered_at, &mut batch);
         if batch.len() >= BATCH_ROWS {
             insert_credentials(pool, &mut credentials, password_hash).await?;
             let written = batch.flush(pool).await?;
@@ -228,6 +321,7 @@ pub async fn seed(
             progress(written);
         }
     }
+    pending.release(now, &mut batch);
     insert_credentials(pool, &mut credentials, password_hash).await?;
     let written = batch.flush(pool).await?;
     progress(written);

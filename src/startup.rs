@@ -276,13 +276,36 @@ pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) ->
     let trusted =
         Arc::new(crate::http::TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default());
     crate::http::harden(router, &settings)
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(request_failed),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::from_fn_with_state(
             trusted,
             crate::http::client_ip,
         ))
+}
+
+/// A 5xx answer: an error, except 503, which says the service is not ready or is shedding load
+/// (a readiness probe during start-up must not fill the log with errors).
+fn request_failed(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        ServerErrorsFailureClass::StatusCode(status)
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::debug!(%status, latency_ms, "service unavailable")
+        }
+        other => tracing::error!(class = %other, latency_ms, "request failed"),
+    }
 }
 
 /// The span of one request: method, route template (recorded once routed), request id and

@@ -35,7 +35,39 @@ pub struct IntegrationEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     pub aggregate_id: String,
+    #[serde(default)]
+    pub sequence: i64,
     pub data: Value,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+/// Why an event's mail was not sent (`mails_skipped_total{reason}`).
+fn skip_reason(event: &IntegrationEvent) -> Option<&'static str> {
+    if event.metadata.get("synthetic").and_then(Value::as_bool) == Some(true) {
+        return Some("synthetic");
+    }
+    let expires_at = event
+        .data
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok());
+    match expires_at {
+        Some(at) if at <= chrono::Utc::now() => Some("expired"),
+        _ => None,
+    }
+}
+
+/// The events after which a link mail is no longer worth sending: a newer link of its kind, or
+/// its use (activation; a reset or change of the password).
+fn superseded_by(event_type: &str) -> Option<&'static [&'static str]> {
+    match event_type {
+        "ActivationLinkIssued" => Some(&["ActivationLinkIssued", "Activated"]),
+        "PasswordResetRequested" => {
+            Some(&["PasswordResetRequested", "PasswordReset", "PasswordChanged"])
+        }
+        _ => None,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +108,30 @@ impl Mailer {
         let Some(mail) = compose(&event, &self.links)? else {
             return Ok(Outcome::Skipped);
         };
+        // A mailer that fell behind sends no link that is dead at sending time: the event store
+        // decides (expired, superseded by a newer link, or already used).
+        let mut reason = skip_reason(&event);
+        if let (None, Some(later)) = (reason, superseded_by(&event.event_type)) {
+            let dead: bool = sqlx::query_scalar(
+                "select exists (select 1 from events
+                                 where aggregate_type = 'User' and aggregate_id = $1
+                                   and sequence > $2 and event_type = any($3))",
+            )
+            .bind(&event.aggregate_id)
+            .bind(event.sequence)
+            .bind(later)
+            .fetch_one(&self.pool)
+            .await?;
+            if dead {
+                reason = Some("superseded");
+            }
+        }
+        if let Some(reason) = reason {
+            metrics::counter!("mails_skipped_total", "kind" => mail.kind, "reason" => reason)
+                .increment(1);
+            tracing::info!(kind = mail.kind, reason, "mail not sent");
+            return Ok(Outcome::Skipped);
+        }
         let claimed: Option<String> = sqlx::query_scalar(
             "insert into mail_sent (event_id, kind, recipient, status) values ($1, $2, $3, 'sending')
              on conflict (event_id) do update set claimed_at = now()

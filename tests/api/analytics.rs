@@ -252,6 +252,39 @@ async fn the_generator_fills_the_store_through_which_read_models_and_stream_foll
         app.stream_messages().await.len() as i64,
         app.event_count().await
     );
+
+    // Only the past, in position order, marked synthetic; and nothing it wrote is mailed.
+    let future: i64 = sqlx::query_scalar("select count(*) from events where recorded_at > now()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(future, 0);
+    let out_of_order: i64 = sqlx::query_scalar(
+        "select count(*) from (select recorded_at < lag(recorded_at) over (order by global_position)
+                                   as earlier from events) t where earlier",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(out_of_order, 0);
+    let unmarked: i64 = sqlx::query_scalar(
+        "select count(*) from events where (metadata ->> 'synthetic') is distinct from 'true'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(unmarked, 0);
+    let future_logins: i64 =
+        sqlx::query_scalar("select count(*) from profile where last_login > now()")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(future_logins, 0);
+    app.wait_for_mailer_idle().await;
+    assert!(app.smtp.all().is_empty(), "seeded accounts were mailed");
+    let published = app.stream_messages().await;
+    let body: serde_json::Value = serde_json::from_slice(&published[0].payload).unwrap();
+    assert_eq!(body["metadata"]["synthetic"], true);
 }
 
 #[tokio::test]

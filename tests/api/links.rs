@@ -279,3 +279,125 @@ async fn forgot_password_answers_the_same_for_unknown_addresses_and_uses_allowed
     app.wait_for_mailer_idle().await;
     assert!(app.smtp.to("nobody@example.com").is_empty());
 }
+
+/// A mailer that falls behind sends no link that is dead by then: superseded by a newer one,
+/// expired, or already used. The event store decides, at sending time.
+#[tokio::test]
+async fn a_mailer_that_fell_behind_sends_only_links_that_still_work() {
+    let app = TestApp::spawn_with(|s| {
+        s.run_mailer = false;
+        s.reset_link_ttl = 2;
+    })
+    .await;
+    // Superseded: three links, only the last of which works.
+    assert_eq!(
+        app.register("late", "late@example.com", PASSWORD)
+            .await
+            .status(),
+        201
+    );
+    for _ in 0..2 {
+        json_of(
+            app.resend_activation("late@example.com").await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    // Expired: a reset link that dies before any mailer runs.
+    assert_eq!(
+        app.register("stale", "stale@example.com", PASSWORD)
+            .await
+            .status(),
+        201
+    );
+    json_of(
+        app.forgot_password("stale@example.com").await,
+        StatusCode::OK,
+    )
+    .await;
+    eventually(|| async {
+        app.count_events("ActivationLinkIssued").await == 4
+            && app.count_events("PasswordResetRequested").await == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Used: a reset link whose password was changed meanwhile.
+    let (access, _) = {
+        let mut settings = app.settings.clone();
+        settings.run_mailer = true;
+        let mailer = TestApp::start(
+            settings,
+            app.smtp.clone(),
+            accounts::Roles {
+                api: false,
+                relay: false,
+                projectors: false,
+                mailer: true,
+            },
+        )
+        .await;
+        let mail = app.smtp.wait_for("late@example.com", "Activate").await;
+        app.smtp.wait_for("stale@example.com", "Activate").await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        mailer.stop().await;
+        assert_eq!(app.activate_link(&mail.link()).await.status(), 200);
+        let body = json_of(
+            app.login("late@example.com", PASSWORD).await,
+            StatusCode::OK,
+        )
+        .await;
+        (body["access_token"].as_str().unwrap().to_owned(), ())
+    };
+    assert_eq!(
+        app.smtp.to("late@example.com").len(),
+        1,
+        "superseded links were mailed"
+    );
+    assert_eq!(
+        app.smtp.to("stale@example.com").len(),
+        1,
+        "an expired link was mailed"
+    );
+    json_of(
+        app.forgot_password("late@example.com").await,
+        StatusCode::OK,
+    )
+    .await;
+    eventually(|| async { app.count_events("PasswordResetRequested").await == 2 }).await;
+    json_of(
+        app.change_password(&access, PASSWORD, NEW_PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut settings = app.settings.clone();
+    settings.run_mailer = true;
+    let mailer = TestApp::start(
+        settings,
+        app.smtp.clone(),
+        accounts::Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            mailer: true,
+        },
+    )
+    .await;
+    // The password-changed notice goes out; the dead reset link does not.
+    app.smtp.wait_for("late@example.com", "password").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    mailer.stop().await;
+    assert!(
+        app.smtp
+            .to("late@example.com")
+            .iter()
+            .all(|m| !m.subject().contains("Reset your password")),
+        "a used reset link was mailed"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", app.management))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mails_skipped_total"), "no skip metric");
+}

@@ -83,6 +83,14 @@ async fn metrics_show_requests_hashing_lag_and_mails() {
     })
     .await;
     let text = metrics().await;
+    for help in [
+        "# HELP http_requests_total ",
+        "# HELP password_hash_seconds ",
+        "# HELP reader_lag_events ",
+        "# HELP mails_sent_total ",
+    ] {
+        assert!(text.contains(help), "no {help:?}");
+    }
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/accounts/api/login/\",status=\"200\"}",
         "http_request_duration_seconds_bucket{method=\"POST\",route=\"/accounts/api/login/\"",
@@ -367,4 +375,41 @@ async fn the_swagger_ui_page_shows_every_endpoint_in_headless_chromium() {
             &dom[..dom.len().min(2000)]
         );
     }
+}
+
+/// A reader that ended (a finished rebuild deletes its checkpoint) must not keep its last lag in
+/// `/metrics` for good: any lag alert would fire forever.
+#[tokio::test]
+async fn the_gauges_of_a_reader_that_ended_go_back_to_zero() {
+    let app = TestApp::spawn().await;
+    app.active_user("gauge", "gauge@example.com").await;
+    // A reader that is far behind, as a rebuild is while it runs.
+    sqlx::query(
+        "insert into reader_checkpoint (name, transaction_id, position, updated_at)
+         values ('profile_rebuild', '0'::xid8, 0, now() - interval '1 day')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let lag = || async {
+        let text = app
+            .client
+            .get(format!("{}/metrics", app.management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("reader_lag_events{reader=\"profile_rebuild\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    eventually_within(20, || async { lag().await.is_some_and(|v| v > 0.0) }).await;
+    sqlx::query("delete from reader_checkpoint where name = 'profile_rebuild'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually_within(20, || async { lag().await == Some(0.0) }).await;
 }

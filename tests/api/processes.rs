@@ -683,6 +683,10 @@ async fn at_trace_level_the_log_holds_no_password_token_or_hash() {
     ] {
         assert!(!log.contains(secret), "the log holds the {what}");
     }
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log written to a file"
+    );
     // The signature part of a token is enough to replay it: none of it either.
     let signature = access.rsplit('.').next().unwrap();
     assert!(
