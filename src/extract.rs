@@ -215,3 +215,33 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         })
     }
 }
+
+/// The last value of `key` in a raw query string, as Django's `QueryDict.get` reads it: a repeated
+/// parameter is no error (axum's `Query` would answer a plain-text 400), and one that does not
+/// decode is absent.
+pub fn query_value(raw: Option<&str>, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .filter(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn repeated_and_odd_query_parameters_read_like_django() {
+        assert_eq!(
+            query_value(Some("limit=1&limit=2"), "limit").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            query_value(Some("cursor=%41"), "cursor").as_deref(),
+            Some("A")
+        );
+        assert_eq!(query_value(Some("limit"), "limit").as_deref(), Some(""));
+        assert_eq!(query_value(None, "limit"), None);
+        assert_eq!(query_value(Some("%zz=1&other=2"), "limit"), None);
+    }
+}

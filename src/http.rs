@@ -213,17 +213,17 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 
 /// Adds the hardening layers around `router`.
 pub fn harden(router: Router, settings: &Settings) -> Router {
-    let mut router = router;
+    // The timeout sits inside the header layers, so that its 503 carries them too.
+    let timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
+    let mut router = router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| time_limit(timeout, req, next),
+    ));
     for (name, value) in SECURITY_HEADERS {
         router = router.layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
         ));
     }
-    let timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
-    router = router.layer(axum::middleware::from_fn(
-        move |req: Request, next: Next| time_limit(timeout, req, next),
-    ));
     let origins: Vec<HeaderValue> = settings
         .cors_allowed_origins
         .iter()

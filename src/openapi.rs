@@ -187,9 +187,48 @@ pub struct ErrorDetail {
         meta::healthz,
         meta::readyz,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &PublicQuota)
 )]
 pub struct ApiDoc;
+
+/// The per-IP quota answers 429 on every unauthenticated endpoint that writes or checks a secret.
+struct PublicQuota;
+
+impl utoipa::Modify for PublicQuota {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for path in crate::routes::PUBLIC_WRITES {
+            let Some(item) = openapi.paths.paths.get_mut(path) else {
+                continue;
+            };
+            for operation in [item.get.as_mut(), item.post.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .entry("429".to_owned())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(
+                                "Too many requests from this client address (per-IP quota) or, \
+                                 where a password is checked, too many wrong guesses: wait \
+                                 `Retry-After` seconds",
+                            )
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorDetail")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 

@@ -3,14 +3,14 @@
 use super::registration::{aggregate_error, hash_error};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, RequestMeta};
+use crate::extract::{query_value, JsonBody, RequestMeta};
 use crate::state::AppState;
 use crate::store;
 use crate::throttle::source_of;
 use aggregates::session::SessionCommand;
 use aggregates::values::Email;
 use aggregates::User;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
@@ -18,7 +18,6 @@ use chrono::{Duration, Utc};
 use projections::history::{self, HistoryEntry};
 use projections::profile::ProfileRow;
 use secrecy::SecretString;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -70,7 +69,7 @@ pub(crate) fn token_pair(
     Ok(body)
 }
 
-#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", request_body = crate::openapi::LoginRequest, responses((status = 200, body = crate::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", summary = "Get JWT access and refresh_token to visit user dashboard.", request_body = crate::openapi::LoginRequest, responses((status = 200, body = crate::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 429, description = "This source has guessed this account's password too often: wait `Retry-After` seconds", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -230,7 +229,7 @@ pub(crate) fn profile_json(row: &ProfileRow) -> Value {
     })
 }
 
-#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", security(("bearer" = [])), responses((status = 200, body = crate::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", summary = "Get user dashboard", security(("bearer" = [])), responses((status = 200, body = crate::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
 pub(crate) async fn dashboard(
     State(state): State<AppState>,
     user: AuthUser,
@@ -253,19 +252,13 @@ pub(crate) async fn dashboard(
     })))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct HistoryParams {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/accounts/api/history/", tag = "account", security(("bearer" = [])), params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "`next` of the previous page")), responses((status = 200, body = crate::openapi::HistoryPage), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
 pub(crate) async fn own_history(
     State(state): State<AppState>,
     user: AuthUser,
-    Query(params): Query<HistoryParams>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let limit = match params.limit.as_deref() {
+    let limit = match query_value(query.as_deref(), "limit").as_deref() {
         None => 50,
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=200).contains(&n) => n,
@@ -277,7 +270,7 @@ pub(crate) async fn own_history(
             }
         },
     };
-    let before = match params.cursor.as_deref() {
+    let before = match query_value(query.as_deref(), "cursor").as_deref() {
         None | Some("") => None,
         Some(raw) => Some(
             raw.parse::<i64>()

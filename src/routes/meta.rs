@@ -2,12 +2,11 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -34,14 +33,9 @@ pub fn openapi_document() -> Value {
     serde_json::to_value(crate::openapi::document()).unwrap_or_else(|_| json!({}))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct SpecParams {
-    format: Option<String>,
-}
-
 #[utoipa::path(get, path = "/accounts/api/spectacular/", tag = "meta", params(("format" = Option<String>, Query, description = "`json` (default) or `yaml`")), responses((status = 200, description = "This OpenAPI 3 document")))]
-pub(crate) async fn spectacular(Query(params): Query<SpecParams>) -> Response {
-    match params.format.as_deref() {
+pub(crate) async fn spectacular(RawQuery(query): RawQuery) -> Response {
+    match crate::extract::query_value(query.as_deref(), "format").as_deref() {
         Some("yaml") => match crate::openapi::document().to_yaml() {
             Ok(yaml) => (
                 [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],

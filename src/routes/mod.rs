@@ -21,7 +21,7 @@ pub use meta::openapi_document;
 pub(crate) use registration::aggregate_error;
 
 /// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
-const PUBLIC_WRITES: [&str; 10] = [
+pub(crate) const PUBLIC_WRITES: [&str; 10] = [
     "/accounts/api/registration/",
     "/accounts/api/get/acctivation/token/",
     "/accounts/api/get/accttivation/token/",
@@ -103,10 +103,14 @@ async fn not_found() -> ApiError {
     }
 }
 
-/// axum answers a known path with the wrong method by an empty 405; DRF clients expect a body.
+/// axum answers a known path with the wrong method by an empty 405, and the embedded Swagger UI
+/// an unknown file under its path by an empty 404; DRF clients expect a JSON body everywhere.
 async fn method_not_allowed(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let response = next.run(request).await;
+    if response.status() == StatusCode::NOT_FOUND && !is_json(&response) {
+        return not_found().await.into_response();
+    }
     if response.status() != StatusCode::METHOD_NOT_ALLOWED {
         return response;
     }
@@ -125,6 +129,14 @@ async fn method_not_allowed(request: Request, next: Next) -> Response {
         rewritten.headers_mut().insert(header::ALLOW, allow);
     }
     rewritten
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// The `{"msg": ...}` body of the original service.
