@@ -74,6 +74,14 @@ impl BenchApp {
                 let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
                     .execute(&pool)
                     .await;
+                for role in [
+                    format!("{name}_analyst"),
+                    format!("{name}_analyst_pseudonymous"),
+                ] {
+                    let _ = sqlx::query(&format!("drop role if exists \"{role}\""))
+                        .execute(&pool)
+                        .await;
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.settings.data_dir);

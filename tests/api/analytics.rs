@@ -19,7 +19,7 @@ fn documented_queries() -> Vec<String> {
 /// Runs `sql` as the analyst role; `Err` with the database's message if refused.
 async fn as_analyst(pool: &PgPool, sql: &str) -> Result<usize, String> {
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("set local role accounts_analyst")
+    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -59,7 +59,7 @@ async fn every_documented_query_runs_as_the_analyst() {
                         from analytics.activation_funnel";
         let failed = "select coalesce(sum(failed_logins), 0)::int as f from analytics.daily_logins";
         let mut tx = app.pool.begin().await.unwrap();
-        sqlx::query("set local role accounts_analyst")
+        sqlx::query("select set_config('role', current_database() || '_analyst', true)")
             .execute(&mut *tx)
             .await
             .unwrap();
@@ -331,7 +331,7 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
     assert!(before.is_none());
 
     let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("set local role accounts_analyst")
+    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -377,4 +377,104 @@ async fn the_reader_walks_the_event_index_in_commit_order_without_sorting() {
             "the reader sorts instead of walking the index:\n{plan}"
         );
     }
+}
+
+/// Two deployments on one Postgres server: a login made for one cannot even connect to the
+/// other, and the pseudonymous role sees no name, e-mail, IP, user agent or id.
+#[tokio::test]
+async fn each_deployment_has_its_own_analysts_and_a_pseudonymous_role() {
+    let (first, second) = tokio::join!(TestApp::spawn(), TestApp::spawn());
+    first.active_user("pseudo", "pseudo@example.com").await;
+    let database = |app: &TestApp| {
+        url::Url::parse(&app.settings.database_url)
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_owned()
+    };
+    let (db1, db2) = (database(&first), database(&second));
+    let login = format!("analyst_{}", &db1[db1.len() - 12..]);
+    sqlx::query(&format!(
+        "create user \"{login}\" in role \"{db1}_analyst\""
+    ))
+    .execute(&first.pool)
+    .await
+    .unwrap();
+    let connect_as = |db: &str| {
+        let mut url = url::Url::parse(&first.settings.database_url).unwrap();
+        url.set_username(&login).unwrap();
+        url.set_path(db);
+        url.to_string()
+    };
+    // Their own deployment: the views. The other: no connection at all.
+    let own = PgPool::connect(&connect_as(&db1)).await.unwrap();
+    let users: i64 = sqlx::query_scalar("select count(*) from analytics.users")
+        .fetch_one(&own)
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    own.close().await;
+    let other = PgPool::connect(&connect_as(&db2)).await;
+    assert!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
+        "a login of one deployment connected to another"
+    );
+
+    // The pseudonymous role: aggregates and pseudonymous rows only.
+    eventually(|| async {
+        let mut tx = first.pool.begin().await.unwrap();
+        sqlx::query(
+            "select set_config('role', current_database() || '_analyst_pseudonymous', true)",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let rows = sqlx::query("select * from analytics.user_history_pseudonymous")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        let dump: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r.get::<String, _>("person"),
+                    r.get::<serde_json::Value, _>("details")
+                )
+            })
+            .collect();
+        let users = sqlx::query("select * from analytics.users_pseudonymous")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        for sql in [
+            "select * from analytics.users",
+            "select * from analytics.user_history",
+        ] {
+            let mut inner = first.pool.begin().await.unwrap();
+            sqlx::query(
+                "select set_config('role', current_database() || '_analyst_pseudonymous', true)",
+            )
+            .execute(&mut *inner)
+            .await
+            .unwrap();
+            assert!(
+                sqlx::query(sql).fetch_all(&mut *inner).await.is_err(),
+                "{sql}"
+            );
+        }
+        tx.rollback().await.unwrap();
+        let text = dump.join("\n");
+        rows.len() >= 4
+            && users.len() == 1
+            && !text.contains("pseudo")
+            && !text.contains("127.0.0.1")
+    })
+    .await;
+    sqlx::query(&format!("drop user \"{login}\""))
+        .execute(&first.pool)
+        .await
+        .unwrap();
 }

@@ -67,6 +67,15 @@ pub async fn remove_resources(settings: Settings) {
         let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
             .execute(&pool)
             .await;
+        // The deployment's analyst roles are cluster-wide: they go with their database.
+        for role in [
+            format!("{name}_analyst"),
+            format!("{name}_analyst_pseudonymous"),
+        ] {
+            let _ = sqlx::query(&format!("drop role if exists \"{role}\""))
+                .execute(&pool)
+                .await;
+        }
     }
     let _ = std::fs::remove_dir_all(&settings.data_dir);
 }
