@@ -40,6 +40,7 @@ begin
         execute format('create role %I nologin', pseudonymous);
     end if;
     -- Only the service's own role (the migrating one) and these roles connect to this database.
+    execute format('grant connect on database %I to %I', db, current_user);
     execute format('revoke connect on database %I from public', db);
     execute format('grant connect on database %I to %I, %I', db, analyst, pseudonymous);
     execute format('grant usage on schema analytics to %I, %I', analyst, pseudonymous);
