@@ -5,8 +5,14 @@
 //!   restarted worker continues where the group stopped.
 //! - The first run of a new durable name replays the stream from its start (`DeliverPolicy::All`).
 //! - Explicit acks, sent with `double_ack` so an ack is confirmed before the worker moves on.
-//! - Delivery is at least once: dedupe on the event `id` (here an in-memory set; a real worker
-//!   records handled ids in its own store, in the same transaction as its effects).
+//! - Delivery is at least once, and a redelivery (a worker died, an ack timed out) can arrive after
+//!   later events of the same aggregate. The worker keeps the last `sequence` it handled per
+//!   aggregate: the next one (`last + 1`) is handled, an older one is a duplicate (acked, skipped),
+//!   a later one waits (nak with a delay) until the missing ones came. That gives per-aggregate
+//!   order with any number of messages in flight. It needs every event of the aggregate: subscribe
+//!   to `<prefix>.user.>` / `<prefix>.session.>` (or `<prefix>.>`), not to single event types
+//!   (with those, run with `--max-ack-pending 1` instead: strict stream order). Here the state is
+//!   in memory; a real worker records it in its own store, in the same transaction as its effects.
 //!
 //! ```sh
 //! cargo run --example consumer -- --durable my-worker
@@ -14,11 +20,11 @@
 //! ```
 #![allow(clippy::print_stdout)]
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, AckKind};
 use clap::Parser;
 use futures::StreamExt;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -40,6 +46,12 @@ struct Args {
     /// Stop when no message came for this long (0: never).
     #[arg(long, default_value_t = 0)]
     idle_exit_secs: u64,
+    /// Messages delivered and not yet acknowledged at most (1: strict stream order).
+    #[arg(long, default_value_t = 256)]
+    max_ack_pending: i64,
+    /// How long a delivered message may stay unacknowledged before it is delivered again.
+    #[arg(long, default_value_t = 30)]
+    ack_wait_secs: u64,
 }
 
 /// The envelope every account event is published in (docs/EVENTS.md).
@@ -49,7 +61,9 @@ struct Event {
     #[serde(rename = "type")]
     event_type: String,
     version: String,
+    aggregate_type: String,
     aggregate_id: String,
+    sequence: u64,
     recorded_at: String,
     data: serde_json::Value,
 }
@@ -68,13 +82,15 @@ async fn main() -> Result<(), async_nats::Error> {
                 filter_subject: args.subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: Duration::from_secs(args.ack_wait_secs),
+                max_ack_pending: args.max_ack_pending,
                 ..Default::default()
             },
         )
         .await?;
     let mut messages = consumer.messages().await?;
-    let mut seen = HashSet::new();
+    // The last sequence handled per aggregate: the worker's whole dedupe and order state.
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
     let mut handled = 0;
     loop {
         let next = if args.idle_exit_secs > 0 {
@@ -89,21 +105,37 @@ async fn main() -> Result<(), async_nats::Error> {
         };
         let Some(message) = next else { break };
         let message = message?;
-        match serde_json::from_slice::<Event>(&message.payload) {
-            Ok(event) if seen.insert(event.id.clone()) => {
-                // The worker's own effect goes here.
-                println!(
-                    "{} {} v{} {} at {} {}",
-                    event.id,
-                    event.event_type,
-                    event.version,
-                    event.aggregate_id,
-                    event.recorded_at,
-                    event.data
-                );
+        let event = match serde_json::from_slice::<Event>(&message.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                eprintln!("not an account event: {error}");
+                message.double_ack().await?;
+                continue;
             }
-            Ok(event) => println!("{} again (redelivery), skipped", event.id),
-            Err(error) => eprintln!("not an account event: {error}"),
+        };
+        let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+        let expected = last.get(&key).map_or(1, |seen| seen + 1);
+        if event.sequence > expected {
+            // An earlier event of this aggregate is still on its way (a redelivery): later.
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(200))))
+                .await?;
+            continue;
+        }
+        if event.sequence < expected {
+            println!("{} again (redelivery), skipped", event.id);
+        } else {
+            // The worker's own effect goes here, then the state, in one transaction.
+            println!(
+                "{} {} v{} {} at {} {}",
+                event.id,
+                event.event_type,
+                event.version,
+                event.aggregate_id,
+                event.recorded_at,
+                event.data
+            );
+            last.insert(key, event.sequence);
         }
         message.double_ack().await?;
         handled += 1;

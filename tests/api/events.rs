@@ -244,25 +244,7 @@ async fn the_example_consumer_replays_the_stream_from_the_start() {
     )
     .await;
     app.wait_for_relay().await;
-    // `cargo test` builds the examples next to the test binaries' folder.
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/consumer");
-    if !example.exists() {
-        // Only `cargo test` without a target filter builds the examples.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = std::process::Command::new(cargo)
-            .args(["build", "--example", "consumer"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(built.success());
-    }
-    assert!(example.exists(), "{} was not built", example.display());
+    let example = example_binary();
     let args = vec![
         "--nats-url".to_owned(),
         app.settings.nats_url.clone(),
@@ -290,4 +272,103 @@ async fn the_example_consumer_replays_the_stream_from_the_start() {
     assert!(stdout.contains(" Registered v1.0 "), "{stdout}");
     assert!(stdout.contains(" ActivationLinkIssued v1.0 "), "{stdout}");
     assert!(stdout.contains("handled 2 messages"), "{stdout}");
+}
+
+/// The example consumer's binary, built if `cargo test` was run with a target filter.
+fn example_binary() -> std::path::PathBuf {
+    // `cargo test` builds the examples next to the test binaries' folder.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/consumer");
+    if !example.exists() {
+        // Only `cargo test` without a target filter builds the examples.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "--example", "consumer"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(built.success());
+    }
+    assert!(example.exists(), "{} was not built", example.display());
+    example
+}
+
+/// A worker died with messages in flight: their redelivery comes after later events of the same
+/// aggregates. The example consumer still handles each aggregate's events in sequence order,
+/// each once.
+#[tokio::test]
+async fn after_a_worker_died_mid_batch_the_example_keeps_per_aggregate_order() {
+    let app = TestApp::spawn().await;
+    for n in 0..4 {
+        app.active_user(&format!("order{n}"), &format!("order{n}@example.com"))
+            .await;
+    }
+    app.wait_for_relay().await;
+    let total = app.event_count().await as usize;
+    let stream = app.js.get_stream(&app.settings.nats_stream).await.unwrap();
+    let config = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("order-test".into()),
+        filter_subject: format!("{}.>", app.settings.nats_subject_prefix),
+        deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: std::time::Duration::from_secs(2),
+        max_ack_pending: 256,
+        ..Default::default()
+    };
+    let consumer = stream
+        .get_or_create_consumer("order-test", config)
+        .await
+        .unwrap();
+    // The worker that dies: takes the first messages and never acknowledges them.
+    let mut batch = consumer.fetch().max_messages(6).messages().await.unwrap();
+    let mut taken = 0;
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        message.unwrap();
+        taken += 1;
+    }
+    assert_eq!(taken, 6);
+
+    let args = vec![
+        "--nats-url".to_owned(),
+        app.settings.nats_url.clone(),
+        "--stream".to_owned(),
+        app.settings.nats_stream.clone(),
+        "--subject".to_owned(),
+        format!("{}.>", app.settings.nats_subject_prefix),
+        "--durable".to_owned(),
+        "order-test".to_owned(),
+        "--ack-wait-secs".to_owned(),
+        "2".to_owned(),
+        "--idle-exit-secs".to_owned(),
+        "5".to_owned(),
+    ];
+    let example = example_binary();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example).args(args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let mut per_aggregate: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for line in stdout.lines().filter(|l| l.contains(" v")) {
+        let id = line.split(' ').next().unwrap();
+        let (aggregate, sequence) = id.rsplit_once(':').unwrap();
+        per_aggregate
+            .entry(aggregate.to_owned())
+            .or_default()
+            .push(sequence.parse().unwrap());
+    }
+    let handled: usize = per_aggregate.values().map(Vec::len).sum();
+    assert_eq!(handled, total, "{stdout}");
+    for (aggregate, sequences) in per_aggregate {
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(sequences, expected, "{aggregate} out of order:\n{stdout}");
+    }
 }
