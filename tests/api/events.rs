@@ -372,3 +372,136 @@ async fn after_a_worker_died_mid_batch_the_example_keeps_per_aggregate_order() {
         assert_eq!(sequences, expected, "{aggregate} out of order:\n{stdout}");
     }
 }
+
+/// A Python with nats-py and jsonschema for the Python example: a venv made once per machine
+/// (like Chromium for the Swagger UI test, installed on first use), pinned versions.
+fn python_for_examples() -> std::path::PathBuf {
+    static READY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = READY.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = std::path::Path::new("/var/tmp/accounts-examples-venv-1");
+    let python = venv.join("bin/python");
+    let marker = venv.join("installed");
+    if !marker.exists() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "nats-py==2.16.0",
+                "jsonschema==4.26.0",
+            ])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install failed");
+        std::fs::write(&marker, "nats-py==2.16.0 jsonschema==4.26.0\n").unwrap();
+    }
+    python
+}
+
+/// Every event type a worker can receive, through the Python example: replayed from the start,
+/// each once, and each `data` valid against its published JSON Schema (docs/schemas).
+#[tokio::test]
+async fn the_python_example_replays_every_event_type_and_each_matches_its_schema() {
+    let app = TestApp::spawn_with(|s| s.refresh_reuse_grace = 0).await;
+    let email = "py@example.com";
+    let (access, refresh) = app.active_user("py", email).await;
+    app.register("py2", email, PASSWORD).await; // DuplicateRegistrationAttempted
+    app.login(email, "not the password").await; // LoginFailed
+    app.post_authed(
+        "/accounts/api/update/profile/",
+        &access,
+        &serde_json::json!({"bio": "from python", "country": "Peru"}),
+    )
+    .await;
+    let rotated = json_of(app.refresh(&refresh).await, StatusCode::OK).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.refresh(&refresh).await; // a spent token again: Revoked
+    let second = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    app.post(
+        "/accounts/api/logout/",
+        &serde_json::json!({"refresh_token": second["refresh_token"]}),
+    )
+    .await; // LoggedOut
+    let third = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    json_of(
+        app.change_password(
+            third["access_token"].as_str().unwrap(),
+            PASSWORD,
+            NEW_PASSWORD,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    json_of(app.forgot_password(email).await, StatusCode::OK).await;
+    let link = app.smtp.wait_for(email, "Reset your password").await.link();
+    json_of(
+        app.set_new_password(&link, "a third passphrase for py")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    drop(rotated);
+    app.wait_for_relay().await;
+    let total = app.event_count().await as usize;
+    let python = tokio::task::spawn_blocking(python_for_examples)
+        .await
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(root.join("examples/consumer.py"))
+        .args(["--nats-url", &app.settings.nats_url])
+        .args(["--stream", &app.settings.nats_stream])
+        .args([
+            "--subject",
+            &format!("{}.>", app.settings.nats_subject_prefix),
+        ])
+        .args(["--durable", "python-example"])
+        .args(["--idle-exit-secs", "3"])
+        .arg("--schemas")
+        .arg(root.join("docs/schemas"));
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("handled {total} messages")),
+        "{stdout}"
+    );
+    let types: std::collections::BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| *t != "again" && *t != "messages")
+        .collect();
+    for expected in [
+        "Registered",
+        "ActivationLinkIssued",
+        "Activated",
+        "DuplicateRegistrationAttempted",
+        "ProfileUpdated",
+        "PasswordChanged",
+        "PasswordResetRequested",
+        "PasswordReset",
+        "Started",
+        "Refreshed",
+        "LoggedOut",
+        "Revoked",
+        "LoginFailed",
+    ] {
+        assert!(types.contains(expected), "no {expected}: {stdout}");
+    }
+}
