@@ -475,11 +475,17 @@ async fn mails_to_one_address_are_capped_per_hour_with_the_same_answer() {
     for _ in 0..40 {
         json_of(app.forgot_password(email).await, StatusCode::OK).await;
     }
+    app.wait_for_relay().await;
     app.wait_for_mailer_idle().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     app.wait_for_mailer_idle().await;
+    // Five links in the hour (the registration's included), whatever the 80 requests; the
+    // mailer sends at most those (fewer when one was superseded before its mail went out).
+    let links = app.count_events("ActivationLinkIssued").await
+        + app.count_events("PasswordResetRequested").await;
+    assert_eq!(links, 5);
     let mails = app.smtp.to(email);
-    assert_eq!(mails.len(), 5, "{} mails", mails.len());
+    assert!((1..=5).contains(&mails.len()), "{} mails", mails.len());
     // The last link mailed is the one that works.
     let last = mails
         .iter()

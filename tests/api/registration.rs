@@ -208,12 +208,16 @@ async fn resend_activation_mails_a_new_link_that_supersedes_the_old_one() {
             "no tokens for unverified accounts"
         );
     }
+    // Three new links; a mailer that is behind sends only those still the latest when it gets
+    // to them (links::a_mailer_that_fell_behind_sends_only_links_that_still_work), so 1 to 3 mails.
+    eventually(|| async { app.count_events("ActivationLinkIssued").await == 4 }).await;
+    app.wait_for_relay().await;
     app.smtp
-        .wait_for_nth(email, "Activate your account", 4)
+        .wait_for_nth(email, "Activate your account", 2)
         .await;
     app.wait_for_mailer_idle().await;
     let links: Vec<String> = app.smtp.to(email).iter().map(|m| m.link()).collect();
-    assert_eq!(links.len(), 4);
+    assert!((2..=4).contains(&links.len()), "{} mails", links.len());
     assert!(links[1..].iter().all(|l| *l != first));
     let refused = json_of(app.activate_link(&first).await, StatusCode::BAD_REQUEST).await;
     assert_eq!(
@@ -247,6 +251,8 @@ async fn resend_activation_mails_a_new_link_that_supersedes_the_old_one() {
             .iter()
             .filter(|m| m.subject().contains("Activate"))
             .count(),
-        4
+        links.len(),
+        "an active account was mailed a link"
     );
+    assert_eq!(app.count_events("ActivationLinkIssued").await, 4);
 }
