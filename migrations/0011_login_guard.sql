@@ -59,7 +59,7 @@ begin
     update login_guard set
         failures = row.failures + 1,
         blocked_until = case when row.failures + 1 >= lim
-            then now() + least(base * power(2, row.failures + 1 - lim), max_secs) * interval '1 second'
+            then now() + least(base * power(2, least(row.failures + 1 - lim, 30)), max_secs) * interval '1 second'
             else null end,
         updated_at = now()
      where account = p_account and source = p_source;
@@ -105,12 +105,16 @@ end $$;
 -- shared budget gets this attempt back if it drew on it (its earlier failures stay counted).
 create function login_succeeded(p_account text, p_source text, familiar_days float8) returns void
 language plpgsql as $$
+declare
+    familiar boolean := login_familiar(p_account, p_source, familiar_days);
 begin
-    if not login_familiar(p_account, p_source, familiar_days) then
+    -- Rows are always locked in one order, the source's then the shared one ('*'), as
+    -- login_admit does: two of these at once cannot deadlock.
+    delete from login_guard where account = p_account and source = p_source;
+    if not familiar then
         update login_guard set failures = greatest(failures - 1, 0)
          where account = p_account and source = '*';
     end if;
-    delete from login_guard where account = p_account and source = p_source;
     -- Refreshed at most daily: most logins write nothing here.
     insert into login_familiar_source (account, source) values (p_account, p_source)
         on conflict (account, source) do update set last_success = now()
@@ -118,12 +122,16 @@ begin
 end $$;
 
 -- The admitted check did not happen (the hashing pool shed it): its counts are given back, and
--- nothing else changes. A back-off in force stays in force.
+-- nothing else changes. A back-off in force stays in force. Same lock order as above.
 create function login_refund(p_account text, p_source text, familiar_days float8) returns void
 language plpgsql as $$
+declare
+    familiar boolean := login_familiar(p_account, p_source, familiar_days);
 begin
     update login_guard set failures = greatest(failures - 1, 0)
-     where account = p_account
-       and (source = p_source
-            or (source = '*' and not login_familiar(p_account, p_source, familiar_days)));
+     where account = p_account and source = p_source;
+    if not familiar then
+        update login_guard set failures = greatest(failures - 1, 0)
+         where account = p_account and source = '*';
+    end if;
 end $$;

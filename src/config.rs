@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -81,6 +87,12 @@ pub struct Settings {
     /// headers name the client; from any other peer those headers are ignored.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+
+    /// The one forwarding header the trusted proxies set: `x-forwarded-for` (nginx, HAProxy,
+    /// cloud load balancers append to it) or `forwarded` (RFC 7239). The other is ignored: a
+    /// proxy passes a header it does not set through untouched, so a client could write it.
+    #[arg(long, env = "FORWARDED_HEADER", default_value = "x-forwarded-for")]
+    pub forwarded_header: ForwardedHeader,
 
     /// Origins (scheme://host[:port]) that e-mailed links may point to, comma-separated.
     #[arg(

@@ -27,12 +27,27 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub struct ClientIp(pub IpAddr);
 
 /// The reverse proxies whose forwarding headers are believed (`TRUSTED_PROXIES`).
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+#[derive(Debug, Clone)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: crate::config::ForwardedHeader,
+}
+
+impl Default for TrustedProxies {
+    fn default() -> Self {
+        Self {
+            nets: Vec::new(),
+            header: crate::config::ForwardedHeader::XForwardedFor,
+        }
+    }
+}
 
 impl TrustedProxies {
     /// Parses IPs and CIDRs; a bad entry is an error (a typo must not trust nobody silently).
-    pub fn parse(entries: &[String]) -> anyhow::Result<Self> {
+    pub fn parse(
+        entries: &[String],
+        header: crate::config::ForwardedHeader,
+    ) -> anyhow::Result<Self> {
         let mut nets = Vec::new();
         for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
             let net =
@@ -44,29 +59,32 @@ impl TrustedProxies {
                 };
             nets.push(net);
         }
-        Ok(Self(nets))
+        Ok(Self { nets, header })
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client of a request from `peer` with `headers`: walking the forwarding chain from the
-    /// nearest hop, the first address that is not a trusted proxy.
+    /// The client of a request from `peer` with `headers`: walking the configured forwarding
+    /// header from the nearest hop, the first address that is not a trusted proxy. A hop that is
+    /// no address (`unknown`, garbage) ends the walk at the last trusted hop: what lies beyond it
+    /// was written by someone we do not trust.
     pub fn client_of(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
         let peer = canonical_ip(peer);
         if !self.trusts(peer) {
             return peer;
         }
-        let chain = forwarded_chain(headers);
-        chain
-            .iter()
-            .rev()
-            .copied()
-            .find(|ip| !self.trusts(*ip))
-            .or_else(|| chain.first().copied())
-            .unwrap_or(peer)
+        let mut client = peer;
+        for hop in forwarded_chain(headers, self.header).iter().rev() {
+            match hop {
+                Some(ip) if self.trusts(*ip) => client = *ip,
+                Some(ip) => return *ip,
+                None => return client,
+            }
+        }
+        client
     }
 }
 
@@ -95,10 +113,13 @@ fn parse_hop(raw: &str) -> Option<IpAddr> {
         .map(canonical_ip)
 }
 
-/// The forwarding chain, client first: RFC 7239 `Forwarded` when present, else
-/// `X-Forwarded-For` (every header line, in order).
-fn forwarded_chain(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
-    let values = |name: &str| -> Vec<String> {
+/// The forwarding chain of the configured header, client first (every header line, in order);
+/// `None` for a hop that is not an address.
+fn forwarded_chain(
+    headers: &axum::http::HeaderMap,
+    header: crate::config::ForwardedHeader,
+) -> Vec<Option<IpAddr>> {
+    let lines = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
             .iter()
@@ -106,12 +127,11 @@ fn forwarded_chain(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
             .map(str::to_owned)
             .collect()
     };
-    let forwarded = values("forwarded");
-    if !forwarded.is_empty() {
-        return forwarded
+    match header {
+        crate::config::ForwardedHeader::Forwarded => lines("forwarded")
             .iter()
-            .flat_map(|line| line.split(','))
-            .filter_map(|element| {
+            .flat_map(|line| line.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .map(|element| {
                 element.split(';').find_map(|pair| {
                     let (key, value) = pair.split_once('=')?;
                     key.trim()
@@ -119,13 +139,13 @@ fn forwarded_chain(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
                         .then(|| parse_hop(value))?
                 })
             })
-            .collect();
+            .collect(),
+        crate::config::ForwardedHeader::XForwardedFor => lines("x-forwarded-for")
+            .iter()
+            .flat_map(|line| line.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .map(|hop| parse_hop(&hop))
+            .collect(),
     }
-    values("x-forwarded-for")
-        .iter()
-        .flat_map(|line| line.split(','))
-        .filter_map(parse_hop)
-        .collect()
 }
 
 /// Sets [`ClientIp`] on the request (outermost layer, so that every other layer sees it).
@@ -152,11 +172,20 @@ pub struct ClientIpKeyExtractor;
 impl KeyExtractor for ClientIpKeyExtractor {
     type Key = IpAddr;
 
+    /// IPv6 clients by their /64: one subscriber holds a whole /64.
     fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
-        req.extensions()
+        let ip = req
+            .extensions()
             .get::<ClientIp>()
             .map(|c| c.0)
-            .ok_or(GovernorError::UnableToExtractKey)
+            .ok_or(GovernorError::UnableToExtractKey)?;
+        Ok(match ip {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        })
     }
 }
 
@@ -269,7 +298,9 @@ mod tests {
 
     #[test]
     fn forwarding_headers_count_only_from_trusted_proxies() -> anyhow::Result<()> {
-        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.0.2.1".into()])?;
+        use crate::config::ForwardedHeader;
+        let nets = ["10.0.0.0/8".to_owned(), "192.0.2.1".to_owned()];
+        let trusted = TrustedProxies::parse(&nets, ForwardedHeader::XForwardedFor)?;
         let peer: IpAddr = "10.1.2.3".parse()?;
         let stranger: IpAddr = "203.0.113.9".parse()?;
         let xff = headers(&[("x-forwarded-for", "198.51.100.7, 10.9.9.9")]);
@@ -285,16 +316,38 @@ mod tests {
         );
         // From an untrusted peer the headers mean nothing.
         assert_eq!(trusted.client_of(stranger, &xff), stranger);
-        let forwarded = headers(&[(
-            "forwarded",
-            "for=\"[2001:db8::1]:4711\";proto=https, for=192.0.2.1",
-        )]);
+        // The header the proxy does not set is ignored (a client could have written it) ...
+        let both = headers(&[
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
         assert_eq!(
-            trusted.client_of(peer, &forwarded),
+            trusted.client_of(peer, &both),
+            "198.51.100.7".parse::<IpAddr>()?
+        );
+        // ... and with `Forwarded` configured, X-Forwarded-For is.
+        let rfc = TrustedProxies::parse(&nets, ForwardedHeader::Forwarded)?;
+        let forwarded = headers(&[
+            (
+                "forwarded",
+                "for=\"[2001:db8::1]:4711\";proto=https, for=192.0.2.1",
+            ),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        assert_eq!(
+            rfc.client_of(peer, &forwarded),
             "2001:db8::1".parse::<IpAddr>()?
         );
+        // A hop that is no address ends the walk: what lies beyond it is not believed.
+        let obfuscated = headers(&[("x-forwarded-for", "1.1.1.1, unknown, 10.9.9.9")]);
+        assert_eq!(
+            trusted.client_of(peer, &obfuscated),
+            "10.9.9.9".parse::<IpAddr>()?
+        );
         assert_eq!(trusted.client_of(peer, &HeaderMap::new()), peer);
-        assert!(TrustedProxies::parse(&["not an address".into()]).is_err());
+        assert!(
+            TrustedProxies::parse(&["not an address".into()], ForwardedHeader::Forwarded).is_err()
+        );
         Ok(())
     }
 }

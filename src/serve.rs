@@ -1,13 +1,14 @@
 //! The HTTP listeners' accept loop (instead of `axum::serve`, which sets no header-read timeout):
-//! a connection that does not send a complete request head within `HEADER_READ_TIMEOUT_SECS`
-//! (also between requests on a kept-alive connection) is closed, at most `MAX_CONNECTIONS` are
+//! HTTP/1.1 only (TLS and HTTP/2 end at the reverse proxy; sniffing for an HTTP/2 preface would be
+//! a read without a timeout), a connection that does not send a complete request head within
+//! `HEADER_READ_TIMEOUT_SECS` (from its first byte on, and between requests on a kept-alive
+//! connection; one that sends nothing at all included) is closed, at most `MAX_CONNECTIONS` are
 //! served at once (past that a new one is closed at once), and running out of file descriptors
 //! pauses accepting instead of spinning or failing.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
@@ -60,16 +61,10 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_read_timeout))
-        .keep_alive_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     loop {
@@ -98,9 +93,8 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;

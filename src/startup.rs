@@ -90,7 +90,7 @@ impl Application {
             .connect(settings.nats_url.as_str())
             .await
             .context("NATS_URL is not valid")?;
-        crate::http::TrustedProxies::parse(&settings.trusted_proxies)?;
+        crate::http::TrustedProxies::parse(&settings.trusted_proxies, settings.forwarded_header)?;
         let open_files = crate::serve::raise_fd_limit();
         tracing::debug!(open_files, "open-file limit");
         let management = TcpListener::bind(settings.management_listen_addr)
@@ -273,8 +273,10 @@ pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) ->
     let router = routes::router(state, ip_limit)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::observe::track_http));
-    let trusted =
-        Arc::new(crate::http::TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default());
+    let trusted = Arc::new(
+        crate::http::TrustedProxies::parse(&settings.trusted_proxies, settings.forwarded_header)
+            .unwrap_or_default(),
+    );
     crate::http::harden(router, &settings)
         .layer(
             TraceLayer::new_for_http()

@@ -95,6 +95,11 @@ pub async fn rekey_identities(pool: &PgPool) -> anyhow::Result<()> {
         .bind(user_id)
         .execute(pool)
         .await;
+        let taken = matches!(&updated, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505"));
+        if !taken {
+            updated?;
+            continue;
+        }
         if let Err(error) = updated {
             tracing::warn!(%user_id, kind, %error, "an identity keeps its old key: the new one is taken");
             sqlx::query(

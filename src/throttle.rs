@@ -204,13 +204,22 @@ impl LoginThrottle {
         }
     }
 
-    /// Clears an account's back-off from every source (its password was reset by e-mail, which
-    /// proved ownership).
-    pub async fn clear(&self, account: &str) -> sqlx::Result<()> {
-        sqlx::query("delete from login_guard where account = $1")
-            .bind(account)
-            .execute(&self.pool)
-            .await?;
+    /// The password was changed or reset by e-mail from `source`: every back-off of the account
+    /// ends, every other place that knew the old password stops being familiar (whoever stole it
+    /// gets no bypass of the shared budget from where they used it), and `source`, which set the
+    /// new one, is familiar.
+    pub async fn password_replaced(&self, account: &str, source: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "with guards as (delete from login_guard where account = $1),
+                  others as (delete from login_familiar_source
+                              where account = $1 and source <> $2)
+             insert into login_familiar_source (account, source) values ($1, $2)
+             on conflict (account, source) do update set last_success = now()",
+        )
+        .bind(account)
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

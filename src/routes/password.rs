@@ -98,6 +98,7 @@ pub(crate) async fn change_password(
         now: Utc::now(),
     };
     state.execute_user(user.user_id, command, &meta).await?;
+    state.throttle.password_replaced(&key, &source).await?;
     Ok(msg("Password changed successfully!"))
 }
 
@@ -179,7 +180,10 @@ pub(crate) async fn set_new_password(
     match state.users.execute(&id, command, &meta).await {
         Ok(done) => {
             // The mail proved ownership: any login back-off of the account ends here.
-            state.throttle.clear(&email_key(&account.email)).await?;
+            state
+                .throttle
+                .password_replaced(&email_key(&account.email), &source_of(meta.ip.as_deref()))
+                .await?;
             state
                 .sync_read_models("User", &id, done.last_sequence())
                 .await?;

@@ -582,3 +582,39 @@ async fn the_guard_forgets_stale_failures_and_sources() {
     );
     assert_eq!(count("login_familiar_source").await, 1);
 }
+
+// Review finding: places where a thief logged in with a stolen password stayed familiar after the
+// owner replaced it, and kept bypassing the account's shared budget.
+#[tokio::test]
+async fn a_replaced_password_makes_the_thiefs_places_unfamiliar_again() {
+    let app = TestApp::spawn_with(|s| {
+        s.login_failure_limit = 10;
+        s.login_shared_failure_limit = 3;
+    })
+    .await;
+    let email = "robbed@example.com";
+    app.active_user("robbed", email).await;
+    for place in [5, 6] {
+        assert_eq!(login_from(&app, &from(place), email, PASSWORD).await, 200);
+    }
+    // The owner takes the account back by e-mail.
+    json_of(app.forgot_password(email).await, StatusCode::OK).await;
+    let link = app.smtp.wait_for(email, "Reset your password").await.link();
+    json_of(
+        app.set_new_password(&link, NEW_PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    // The thief's guesses from those places now draw on the shared budget, which runs out.
+    let mut statuses = Vec::new();
+    for place in [5, 6, 5, 6, 5] {
+        statuses.push(login_from(&app, &from(place), email, "a guess").await);
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // The place the owner set the new password from is familiar: the thief does not keep them out.
+    assert_eq!(login_from(&app, &from(1), email, NEW_PASSWORD).await, 200);
+}
