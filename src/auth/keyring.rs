@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// One key of the ring, as stored (the file is written with mode 0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct StoredKey {
     pub pem: String,
     pub created_at: DateTime<Utc>,
@@ -20,6 +20,18 @@ pub struct StoredKey {
     pub sign_from: DateTime<Utc>,
     /// Published (and so accepted) until then; `None` while it is the newest key.
     pub publish_until: Option<DateTime<Utc>>,
+}
+
+/// Everything but the private key: a `{:?}` anywhere must not print it.
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("pem", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("sign_from", &self.sign_from)
+            .field("publish_until", &self.publish_until)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

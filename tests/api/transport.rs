@@ -232,3 +232,42 @@ async fn without_trusted_proxies_forwarding_headers_change_nothing() {
     assert_eq!(statuses[..2], [StatusCode::OK, StatusCode::OK]);
     assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
 }
+
+// MAX_CONNECTIONS: past the cap a new connection is closed at once (old ones stay), and service
+// resumes as soon as slots free.
+#[tokio::test]
+async fn past_max_connections_a_new_one_is_closed_at_once_and_service_resumes() {
+    // A long header timeout, so that only the cap can close a connection within the test.
+    let app = TestApp::spawn_with(|s| {
+        s.max_connections = 20;
+        s.header_read_timeout_secs = 600;
+    })
+    .await;
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(partial_head(port).await.unwrap());
+    }
+    let mut extra = partial_head(port).await.unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(30)).await,
+        "a connection past the cap stayed open"
+    );
+    for stream in &mut held[..3] {
+        assert!(!closed_within(stream, Duration::from_secs(1)).await);
+    }
+    drop(held);
+    // A client with no pooled connection, so each try is a new one.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    eventually(|| async {
+        fresh
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
