@@ -92,6 +92,14 @@ pub fn database_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+impl From<crate::throttle::Throttled> for ApiError {
+    fn from(wait: crate::throttle::Throttled) -> Self {
+        ApiError::Throttled {
+            retry_after_secs: wait.retry_after_secs,
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if database_unavailable(&error) {

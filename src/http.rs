@@ -88,6 +88,18 @@ impl TrustedProxies {
     }
 }
 
+/// What one client is, for counting: an IPv4 address, or an IPv6 address's /64 (one subscriber
+/// holds a whole /64). The per-IP quota and the guessing bound's sources both count by it.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4.
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -172,20 +184,11 @@ pub struct ClientIpKeyExtractor;
 impl KeyExtractor for ClientIpKeyExtractor {
     type Key = IpAddr;
 
-    /// IPv6 clients by their /64: one subscriber holds a whole /64.
     fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
-        let ip = req
-            .extensions()
+        req.extensions()
             .get::<ClientIp>()
-            .map(|c| c.0)
-            .ok_or(GovernorError::UnableToExtractKey)?;
-        Ok(match ip {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        })
+            .map(|c| client_network(c.0))
+            .ok_or(GovernorError::UnableToExtractKey)
     }
 }
 

@@ -83,17 +83,9 @@ pub async fn publish_batch(
     look: Look,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let peeked = match look {
-        Look::First => match reader::peek(&mut conn, NAME, BATCH_SIZE).await? {
-            Some(peeked) => Some(peeked),
-            None => return Ok(0),
-        },
-        Look::Skip => None,
-    };
-    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-    let (_, events) = match peeked {
-        Some(peeked) => reader::read_locked(&mut tx, NAME, peeked, BATCH_SIZE).await?,
-        None => reader::read_locked_now(&mut tx, NAME, BATCH_SIZE).await?,
+    let Some((mut tx, events)) = reader::begin_batch(&mut conn, NAME, look, BATCH_SIZE).await?
+    else {
+        return Ok(0);
     };
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {

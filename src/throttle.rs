@@ -32,20 +32,12 @@ pub struct Throttled {
     pub retry_after_secs: u64,
 }
 
-/// The source an attempt is counted under: the client address, with IPv6 addresses cut to their
-/// /64 (one subscriber's network), and `unknown` when there is none.
+/// The source an attempt is counted under: the client's network (`http::client_network`: the
+/// address, or an IPv6 address's /64), and `unknown` when there is none.
 pub fn source_of(ip: Option<&str>) -> String {
-    match ip.and_then(|ip| ip.parse::<IpAddr>().ok()) {
-        Some(IpAddr::V4(v4)) => v4.to_string(),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-        None => "unknown".to_owned(),
-    }
+    ip.and_then(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| crate::http::client_network(ip).to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// `(wait, user_id, last sequence, credential id, hash)`: one row per recent credential.
@@ -56,6 +48,21 @@ type AdmittedRow = (
     Option<Uuid>,
     Option<String>,
 );
+
+/// Binds `login_admit($1 … $8)`'s arguments: the account, the source and the bound's settings.
+macro_rules! bind_admission {
+    ($query:expr, $throttle:expr, $account:expr, $source:expr) => {
+        $query
+            .bind($account)
+            .bind($source)
+            .bind($throttle.limit)
+            .bind($throttle.shared_limit)
+            .bind($throttle.base.as_secs_f64())
+            .bind($throttle.max.as_secs_f64())
+            .bind(FAILURE_MEMORY_SECS)
+            .bind($throttle.familiar_days)
+    };
+}
 
 impl LoginThrottle {
     pub fn new(
@@ -85,18 +92,14 @@ impl LoginThrottle {
     /// Admits one password check of `account` (an e-mail key) from `source`, or says how long to
     /// wait.
     pub async fn admit(&self, account: &str, source: &str) -> sqlx::Result<Result<(), Throttled>> {
-        let wait: Option<f64> =
-            sqlx::query_scalar("select login_admit($1, $2, $3, $4, $5, $6, $7, $8)")
-                .bind(account)
-                .bind(source)
-                .bind(self.limit)
-                .bind(self.shared_limit)
-                .bind(self.base.as_secs_f64())
-                .bind(self.max.as_secs_f64())
-                .bind(FAILURE_MEMORY_SECS)
-                .bind(self.familiar_days)
-                .fetch_one(&self.pool)
-                .await?;
+        let wait: Option<f64> = bind_admission!(
+            sqlx::query_scalar("select login_admit($1, $2, $3, $4, $5, $6, $7, $8)"),
+            self,
+            account,
+            source
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(wait.map_or(Ok(()), |w| Err(Self::wait(w))))
     }
 
@@ -108,8 +111,9 @@ impl LoginThrottle {
         account: &str,
         source: &str,
     ) -> sqlx::Result<Result<Option<LoginCandidate>, Throttled>> {
-        let rows: Vec<AdmittedRow> = sqlx::query_as(
-            "select a.wait, i.user_id,
+        let rows: Vec<AdmittedRow> = bind_admission!(
+            sqlx::query_as(
+                "select a.wait, i.user_id,
                     (select max(e.sequence) from events e
                       where e.aggregate_type = 'User' and e.aggregate_id = i.user_id::text),
                     c.id, c.password_hash
@@ -119,15 +123,11 @@ impl LoginThrottle {
                left join lateral (select id, password_hash from credential
                                    where user_id = i.user_id
                                    order by created_at desc limit 2) c on true",
+            ),
+            self,
+            account,
+            source
         )
-        .bind(account)
-        .bind(source)
-        .bind(self.limit)
-        .bind(self.shared_limit)
-        .bind(self.base.as_secs_f64())
-        .bind(self.max.as_secs_f64())
-        .bind(FAILURE_MEMORY_SECS)
-        .bind(self.familiar_days)
         .fetch_all(&self.pool)
         .await?;
         if let Some(wait) = rows.first().and_then(|row| row.0) {
@@ -158,16 +158,19 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// The admitted check never ran (hashing was saturated): its count is given back. A back-off
-    /// in force stays in force.
-    pub async fn refund(&self, account: &str, source: &str) -> sqlx::Result<()> {
-        sqlx::query("select login_refund($1, $2, $3)")
+    /// The admitted check never ran (hashing was shed) or broke: its count is given back. A
+    /// back-off in force stays in force. A failure to give it back only leaves the attempt
+    /// counted (logged); the caller answers its own error either way.
+    pub async fn refund(&self, account: &str, source: &str) {
+        let refunded = sqlx::query("select login_refund($1, $2, $3)")
             .bind(account)
             .bind(source)
             .bind(self.familiar_days)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await;
+        if let Err(error) = refunded {
+            tracing::warn!(%error, "cannot give back a password-check admission");
+        }
     }
 
     /// Forgets what no longer counts: failures older than their memory (and no back-off in

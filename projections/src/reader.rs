@@ -183,16 +183,40 @@ pub async fn peek(
     )))
 }
 
-/// In a transaction: locks the reader's checkpoint and returns it with the events after it, with
-/// no look first: for a reader that was woken because events were appended.
-pub async fn read_locked_now(
-    conn: &mut PgConnection,
+/// Whether a batch first looks for new events without a lock (what most wake-ups of a request's
+/// catch-up find: nothing), or goes straight to the locked read (a background reader woken by an
+/// append: one transaction per batch instead of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    First,
+    Skip,
+}
+
+/// Begins one batch of the reader `name`: after a look when `look` says so (`None` when it finds
+/// nothing), a transaction holding the reader's checkpoint lock, with the events after it. The
+/// caller handles the events, saves the checkpoint and commits.
+pub async fn begin_batch<'c>(
+    conn: &'c mut PgConnection,
     name: &str,
+    look: Look,
     limit: i64,
-) -> sqlx::Result<(Checkpoint, Vec<StoredEvent>)> {
-    let checkpoint = lock_checkpoint(&mut *conn, name).await?;
-    let events = read_after(conn, &checkpoint, limit).await?;
-    Ok((checkpoint, events))
+) -> sqlx::Result<Option<(sqlx::Transaction<'c, sqlx::Postgres>, Vec<StoredEvent>)>> {
+    let peeked = match look {
+        Look::First => match peek(&mut *conn, name, limit).await? {
+            Some(peeked) => Some(peeked),
+            None => return Ok(None),
+        },
+        Look::Skip => None,
+    };
+    let mut tx = sqlx::Acquire::begin(conn).await?;
+    let events = match peeked {
+        Some(peeked) => read_locked(&mut tx, name, peeked, limit).await?.1,
+        None => {
+            let checkpoint = lock_checkpoint(&mut tx, name).await?;
+            read_after(&mut tx, &checkpoint, limit).await?
+        }
+    };
+    Ok(Some((tx, events)))
 }
 
 /// In a transaction: locks the reader's checkpoint and returns it with the events after it,

@@ -1,5 +1,6 @@
 //! Driving a projector: catch up in batches, then wait for a wake-up or the poll interval.
 
+pub use crate::reader::Look;
 use crate::reader::{self, Checkpoint, StoredEvent};
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
@@ -81,32 +82,16 @@ pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Resu
     run_batch_after(pool, projector, Look::First).await
 }
 
-/// Whether a batch first looks for new events without a lock (what most wake-ups of a request's
-/// catch-up find: nothing), or goes straight to the locked read (a background reader woken by an
-/// append: one transaction per batch instead of two).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Look {
-    First,
-    Skip,
-}
-
 pub async fn run_batch_after(
     pool: &PgPool,
     projector: &dyn Projector,
     look: Look,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let peeked = match look {
-        Look::First => match reader::peek(&mut conn, projector.name(), BATCH_SIZE).await? {
-            Some(peeked) => Some(peeked),
-            None => return Ok(0),
-        },
-        Look::Skip => None,
-    };
-    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-    let (_, events) = match peeked {
-        Some(peeked) => reader::read_locked(&mut tx, projector.name(), peeked, BATCH_SIZE).await?,
-        None => reader::read_locked_now(&mut tx, projector.name(), BATCH_SIZE).await?,
+    let Some((mut tx, events)) =
+        reader::begin_batch(&mut conn, projector.name(), look, BATCH_SIZE).await?
+    else {
+        return Ok(0);
     };
     projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {

@@ -87,22 +87,11 @@ pub(crate) async fn login(
     // touches no account (cheap under a flood of guesses, and says nothing about the address).
     let account = email.key();
     let source = source_of(meta.ip.as_deref());
-    let candidate = match state.throttle.admit_login(&account, &source).await? {
-        Ok(candidate) => candidate,
-        Err(wait) => {
-            return Err(ApiError::Throttled {
-                retry_after_secs: wait.retry_after_secs,
-            })
-        }
-    };
+    let candidate = state.throttle.admit_login(&account, &source).await??;
     let (user, ok) = match verify_login(&state, candidate, &password).await {
         Ok(found) => found,
         Err(error) => {
-            // The check never ran (hashing shed it) or broke: its count is given back, and any
-            // back-off in force stays.
-            if let Err(refund) = state.throttle.refund(&account, &source).await {
-                tracing::warn!(error = %refund, "cannot give back a login admission");
-            }
+            state.throttle.refund(&account, &source).await;
             return Err(error);
         }
     };

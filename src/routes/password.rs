@@ -54,11 +54,7 @@ pub(crate) async fn change_password(
     // is refused before it costs any CPU.
     let key = email_key(&user.profile.email);
     let source = source_of(meta.ip.as_deref());
-    if let Err(wait) = state.throttle.admit(&key, &source).await? {
-        return Err(ApiError::Throttled {
-            retry_after_secs: wait.retry_after_secs,
-        });
-    }
+    state.throttle.admit(&key, &source).await??;
     let id = user.user_id.to_string();
     let checked = async {
         let account = state.users.load(&id).await.map_err(aggregate_error)?;
@@ -78,9 +74,7 @@ pub(crate) async fn change_password(
             ))
         }
         Err(error) => {
-            if let Err(refund) = state.throttle.refund(&key, &source).await {
-                tracing::warn!(error = %refund, "cannot give back a password-check admission");
-            }
+            state.throttle.refund(&key, &source).await;
             return Err(error);
         }
     }
