@@ -245,18 +245,7 @@ async fn the_example_consumer_replays_the_stream_from_the_start() {
     .await;
     app.wait_for_relay().await;
     let example = example_binary();
-    let args = vec![
-        "--nats-url".to_owned(),
-        app.settings.nats_url.clone(),
-        "--stream".to_owned(),
-        app.settings.nats_stream.clone(),
-        "--subject".to_owned(),
-        format!("{}.>", app.settings.nats_subject_prefix),
-        "--durable".to_owned(),
-        "example-test".to_owned(),
-        "--idle-exit-secs".to_owned(),
-        "2".to_owned(),
-    ];
+    let args = example_args(&app, "example-test", &["--idle-exit-secs", "2"]);
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(example).args(args).output()
     })
@@ -272,6 +261,23 @@ async fn the_example_consumer_replays_the_stream_from_the_start() {
     assert!(stdout.contains(" Registered v1.0 "), "{stdout}");
     assert!(stdout.contains(" ActivationLinkIssued v1.0 "), "{stdout}");
     assert!(stdout.contains("handled 2 messages"), "{stdout}");
+}
+
+/// The arguments both example consumers take: `app`'s NATS, stream and every subject, the durable
+/// consumer `durable`, then `extra`.
+fn example_args(app: &TestApp, durable: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--nats-url".to_owned(),
+        app.settings.nats_url.clone(),
+        "--stream".to_owned(),
+        app.settings.nats_stream.clone(),
+        "--subject".to_owned(),
+        format!("{}.>", app.settings.nats_subject_prefix),
+        "--durable".to_owned(),
+        durable.to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
 }
 
 /// The example consumer's binary, built if `cargo test` was run with a target filter.
@@ -333,20 +339,11 @@ async fn after_a_worker_died_mid_batch_the_example_keeps_per_aggregate_order() {
     }
     assert_eq!(taken, 6);
 
-    let args = vec![
-        "--nats-url".to_owned(),
-        app.settings.nats_url.clone(),
-        "--stream".to_owned(),
-        app.settings.nats_stream.clone(),
-        "--subject".to_owned(),
-        format!("{}.>", app.settings.nats_subject_prefix),
-        "--durable".to_owned(),
-        "order-test".to_owned(),
-        "--ack-wait-secs".to_owned(),
-        "2".to_owned(),
-        "--idle-exit-secs".to_owned(),
-        "5".to_owned(),
-    ];
+    let args = example_args(
+        &app,
+        "order-test",
+        &["--ack-wait-secs", "2", "--idle-exit-secs", "5"],
+    );
     let example = example_binary();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(example).args(args).output()
@@ -458,14 +455,11 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
     let mut command = std::process::Command::new(python);
     command
         .arg(root.join("examples/consumer.py"))
-        .args(["--nats-url", &app.settings.nats_url])
-        .args(["--stream", &app.settings.nats_stream])
-        .args([
-            "--subject",
-            &format!("{}.>", app.settings.nats_subject_prefix),
-        ])
-        .args(["--durable", "python-example"])
-        .args(["--idle-exit-secs", "3"])
+        .args(example_args(
+            &app,
+            "python-example",
+            &["--idle-exit-secs", "3"],
+        ))
         .arg("--schemas")
         .arg(root.join("docs/schemas"));
     let output = tokio::task::spawn_blocking(move || command.output())

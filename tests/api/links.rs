@@ -326,19 +326,7 @@ async fn a_mailer_that_fell_behind_sends_only_links_that_still_work() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     // Used: a reset link whose password was changed meanwhile.
     let (access, _) = {
-        let mut settings = app.settings.clone();
-        settings.run_mailer = true;
-        let mailer = TestApp::start(
-            settings,
-            app.smtp.clone(),
-            accounts::Roles {
-                api: false,
-                relay: false,
-                projectors: false,
-                mailer: true,
-            },
-        )
-        .await;
+        let mailer = start_mailer(&app).await;
         let mail = app.smtp.wait_for("late@example.com", "Activate").await;
         app.smtp.wait_for("stale@example.com", "Activate").await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -372,19 +360,7 @@ async fn a_mailer_that_fell_behind_sends_only_links_that_still_work() {
         StatusCode::OK,
     )
     .await;
-    let mut settings = app.settings.clone();
-    settings.run_mailer = true;
-    let mailer = TestApp::start(
-        settings,
-        app.smtp.clone(),
-        accounts::Roles {
-            api: false,
-            relay: false,
-            projectors: false,
-            mailer: true,
-        },
-    )
-    .await;
+    let mailer = start_mailer(&app).await;
     // The password-changed notice goes out; the dead reset link does not.
     app.smtp.wait_for("late@example.com", "password").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -396,11 +372,25 @@ async fn a_mailer_that_fell_behind_sends_only_links_that_still_work() {
             .all(|m| !m.subject().contains("Reset your password")),
         "a used reset link was mailed"
     );
-    let metrics = reqwest::get(format!("{}/metrics", app.management))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("mails_skipped_total"), "no skip metric");
+    assert!(
+        app.metrics().await.contains("mails_skipped_total"),
+        "no skip metric"
+    );
+}
+
+/// A mailer process of its own on `app`'s database, stream and SMTP sink (`app` runs none).
+async fn start_mailer(app: &TestApp) -> TestApp {
+    let mut settings = app.settings.clone();
+    settings.run_mailer = true;
+    TestApp::start(
+        settings,
+        app.smtp.clone(),
+        accounts::Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            mailer: true,
+        },
+    )
+    .await
 }

@@ -67,22 +67,13 @@ async fn metrics_show_requests_hashing_lag_and_mails() {
     let app = TestApp::spawn().await;
     app.active_user("metric", "metric@example.com").await;
     app.wait_for_mailer_idle().await;
-    let metrics = || async {
-        let response = app
-            .client
-            .get(format!("{}/metrics", app.management))
-            .send()
-            .await
-            .unwrap();
-        response.text().await.unwrap()
-    };
     eventually(|| async {
-        metrics()
+        app.metrics()
             .await
             .contains("reader_lag_events{reader=\"profile\"}")
     })
     .await;
-    let text = metrics().await;
+    let text = app.metrics().await;
     for help in [
         "# HELP http_requests_total ",
         "# HELP password_hash_seconds ",
@@ -198,15 +189,7 @@ async fn a_refused_mail_is_retried_with_back_off_and_sent_once() {
     app.smtp.wait_for("retry@example.com", "Activate").await;
     app.wait_for_mailer_idle().await;
     assert_eq!(app.smtp.to("retry@example.com").len(), 1);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.management))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("mails_retried_total"), "{text}");
 }
 
@@ -249,15 +232,7 @@ async fn a_mail_failing_every_attempt_is_recorded_listed_and_retried_by_command(
         "{:?}",
         failed[0].last_error
     );
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.management))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("mails_failed_total{kind=\"activation\"}"),
         "{text}"
@@ -392,15 +367,7 @@ async fn the_gauges_of_a_reader_that_ended_go_back_to_zero() {
     .await
     .unwrap();
     let lag = || async {
-        let text = app
-            .client
-            .get(format!("{}/metrics", app.management))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         text.lines()
             .find(|l| l.starts_with("reader_lag_events{reader=\"profile_rebuild\"}"))
             .and_then(|l| l.rsplit(' ').next())

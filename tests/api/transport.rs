@@ -39,17 +39,7 @@ async fn metrics_are_served_on_the_management_listener_only() {
     app.smtp
         .wait_for("known@example.com", "Reset your password")
         .await;
-    let metrics = || async {
-        app.client
-            .get(format!("{}/metrics", app.management))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    eventually(|| async { metrics().await.contains("kind=\"password_reset\"") }).await;
+    eventually(|| async { app.metrics().await.contains("kind=\"password_reset\"") }).await;
     let ready = app
         .client
         .get(format!("{}/readyz", app.management))

@@ -184,6 +184,18 @@ impl TestApp {
         self.keys.reload().unwrap();
     }
 
+    /// The Prometheus text of the management listener.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.management))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
