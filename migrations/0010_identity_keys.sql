@@ -5,6 +5,8 @@
 -- are. Rows claimed before this migration are re-keyed by the service at start
 -- (`store::rekey_identities`); `canonical` says which rows hold a Rust-computed key.
 alter table user_identities add column canonical boolean not null default false;
+-- What the re-keying at every start looks for: empty once done, so the look costs nothing.
+create index user_identities_not_canonical on user_identities (kind, value) where not canonical;
 
 create or replace function user_identities_claim() returns trigger language plpgsql as $$
 declare
