@@ -54,12 +54,12 @@ async fn main() -> anyhow::Result<()> {
     let hasher = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60))?;
     let hash = hasher
         .hash(&accounts::auth::SecretPassword::from(
-            accounts::seed::SEED_PASSWORD,
+            accounts::ops::seed::SEED_PASSWORD,
         ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
-    let events = accounts::seed::seed(&pool, &hash, users, 365, 1, |_| {}).await?;
+    let events = accounts::ops::seed::seed(&pool, &hash, users, 365, 1, |_| {}).await?;
     let seed_secs = started.elapsed().as_secs_f64();
     eprintln!("seeded {users} users, {events} events in {seed_secs:.1} s");
     sqlx::query("analyze").execute(&pool).await?;
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     for (user_id, email) in &sample {
         let body: serde_json::Value = client
             .post(format!("{}/accounts/api/login/", app.address))
-            .json(&serde_json::json!({"email": email, "password": accounts::seed::SEED_PASSWORD}))
+            .json(&serde_json::json!({"email": email, "password": accounts::ops::seed::SEED_PASSWORD}))
             .send()
             .await?
             .json()

@@ -451,8 +451,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Appends through the command path (no hashing), next to bare single-row INSERTs of the same
     // rows into the same table; relay and projection latency measured under this load.
-    let bus = accounts::commands::CommandBus::<aggregates::User>::new(pool.clone(), ());
-    let meta = accounts::extract::RequestMeta::default();
+    let bus = accounts::store::commands::CommandBus::<aggregates::User>::new(pool.clone(), ());
+    let meta = accounts::api::body::RequestMeta::default();
     let append = |c: usize, i: usize| {
         let bus = &bus;
         let meta = &meta;

@@ -1,6 +1,7 @@
 //! The one binary: `serve` runs every role in one process; `api`, `worker` and `migrate` run one.
 
-use accounts::{cli, startup, telemetry, Application, Roles, Settings};
+use accounts::ops::cli;
+use accounts::{startup, telemetry, Application, Roles, Settings};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 

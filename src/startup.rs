@@ -1,13 +1,15 @@
 //! Building and running the service: the same path for `main` and for tests (which bind port 0).
 
+use crate::api as routes;
+use crate::api::body::MAX_BODY_BYTES;
+use crate::api::state::AppState;
+use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Keys, LinkSigner, PasswordHasher};
-use crate::commands::CommandBus;
 use crate::config::Settings;
-use crate::extract::MAX_BODY_BYTES;
-use crate::mailer::{self, Mailer};
-use crate::state::AppState;
-use crate::throttle::LoginThrottle;
-use crate::{db, relay, routes, wake};
+use crate::store::commands::CommandBus;
+use crate::store::{db, wake};
+use crate::workers::mailer::{self, Mailer};
+use crate::workers::relay;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
@@ -90,8 +92,11 @@ impl Application {
             .connect(settings.nats_url.as_str())
             .await
             .context("NATS_URL is not valid")?;
-        crate::http::TrustedProxies::parse(&settings.trusted_proxies, settings.forwarded_header)?;
-        let open_files = crate::serve::raise_fd_limit();
+        crate::api::layers::TrustedProxies::parse(
+            &settings.trusted_proxies,
+            settings.forwarded_header,
+        )?;
+        let open_files = crate::api::serve::raise_fd_limit();
         tracing::debug!(open_files, "open-file limit");
         let management = TcpListener::bind(settings.management_listen_addr)
             .await
@@ -183,7 +188,7 @@ impl Application {
             wake: (wake_tx, wake_rx),
         } = self;
         let settings = (*state.settings).clone();
-        let limits = crate::serve::Limits {
+        let limits = crate::api::serve::Limits {
             header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
             max_connections: settings.max_connections,
         };
@@ -232,21 +237,24 @@ impl Application {
         if let Some(listener) = listener {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, "listening");
-            let ip_limits = crate::http::ip_limit_config(&settings);
+            let ip_limits = crate::api::layers::ip_limit_config(&settings);
             if let Some(config) = &ip_limits {
-                tasks.spawn(crate::http::prune_ip_limits(
+                tasks.spawn(crate::api::layers::prune_ip_limits(
                     config.clone(),
                     shutdown.clone(),
                 ));
             }
-            let app = http_app(state.clone(), ip_limits.map(crate::http::ip_limit_layer));
+            let app = http_app(
+                state.clone(),
+                ip_limits.map(crate::api::layers::ip_limit_layer),
+            );
             tasks.spawn(serve_management(
                 management,
                 state.clone(),
                 limits,
                 shutdown.clone(),
             ));
-            crate::serve::serve(listener, app, limits, shutdown.clone())
+            crate::api::serve::serve(listener, app, limits, shutdown.clone())
                 .await
                 .context("HTTP server failed")?;
         } else {
@@ -267,17 +275,23 @@ impl Application {
 }
 
 /// The router with the HTTP layers every request goes through.
-pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> axum::Router {
+pub fn http_app(
+    state: AppState,
+    ip_limit: Option<crate::api::layers::IpLimitLayer>,
+) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let settings = state.settings.clone();
     let router = routes::router(state, ip_limit)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::observe::track_http));
     let trusted = Arc::new(
-        crate::http::TrustedProxies::parse(&settings.trusted_proxies, settings.forwarded_header)
-            .unwrap_or_default(),
+        crate::api::layers::TrustedProxies::parse(
+            &settings.trusted_proxies,
+            settings.forwarded_header,
+        )
+        .unwrap_or_default(),
     );
-    crate::http::harden(router, &settings)
+    crate::api::layers::harden(router, &settings)
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -287,7 +301,7 @@ pub fn http_app(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) ->
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::from_fn_with_state(
             trusted,
-            crate::http::client_ip,
+            crate::api::layers::client_ip,
         ))
 }
 
@@ -320,7 +334,7 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
         .unwrap_or("");
     let client = request
         .extensions()
-        .get::<crate::http::ClientIp>()
+        .get::<crate::api::layers::ClientIp>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
     tracing::info_span!(
@@ -336,12 +350,12 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
 async fn serve_management(
     listener: TcpListener,
     state: AppState,
-    limits: crate::serve::Limits,
+    limits: crate::api::serve::Limits,
     shutdown: CancellationToken,
 ) {
     let settings = state.settings.clone();
-    let app = crate::http::harden(routes::management_router(state), &settings);
-    if let Err(error) = crate::serve::serve(listener, app, limits, shutdown).await {
+    let app = crate::api::layers::harden(routes::management_router(state), &settings);
+    if let Err(error) = crate::api::serve::serve(listener, app, limits, shutdown).await {
         tracing::error!(
             error = format!("{error:#}"),
             "the management listener failed"

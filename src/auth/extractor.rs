@@ -1,7 +1,7 @@
 //! `AuthUser`: the caller of a protected route, from a valid `Authorization: Bearer` access token.
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::api::error::ApiError;
+use crate::api::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
 use projections::profile::{self, ProfileRow};

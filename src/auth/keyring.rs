@@ -74,7 +74,7 @@ impl StoredRing {
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
         let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        crate::secrets::write_private(&tmp, &text)?;
+        crate::auth::secrets::write_private(&tmp, &text)?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
     }
 

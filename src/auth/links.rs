@@ -54,7 +54,7 @@ impl LinkSigner {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        crate::secrets::write_private(path, hex.as_bytes())?;
+        crate::auth::secrets::write_private(path, hex.as_bytes())?;
         tracing::info!(path = %path.display(), "generated a new link key");
         Ok(Self::new(key))
     }

@@ -7,6 +7,8 @@ pub mod keyring;
 pub mod links;
 pub mod password;
 pub mod policy;
+pub mod secrets;
+pub mod throttle;
 
 pub use extractor::AuthUser;
 pub use jwt::{AccessClaims, Keys};

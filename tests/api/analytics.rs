@@ -217,7 +217,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
 }
 
 async fn seed(app: &TestApp, users: usize) -> usize {
-    let events = accounts::seed::seed(
+    let events = accounts::ops::seed::seed(
         &app.pool,
         "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNhbHQ$aGFzaA",
         users,
@@ -311,7 +311,7 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
         .await
         .unwrap()
         .unwrap();
-    let then = accounts::timetravel::user_as_of(&app.pool, user_id, between)
+    let then = accounts::store::timetravel::user_as_of(&app.pool, user_id, between)
         .await
         .unwrap()
         .unwrap();
@@ -319,15 +319,18 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
         (then.profile.country.as_str(), then.profile.bio.as_str()),
         ("Peru", "first")
     );
-    let now = accounts::timetravel::user_as_of(&app.pool, user_id, chrono::Utc::now())
+    let now = accounts::store::timetravel::user_as_of(&app.pool, user_id, chrono::Utc::now())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(now.profile.bio, "second");
-    let before =
-        accounts::timetravel::user_as_of(&app.pool, user_id, between - chrono::Duration::days(1))
-            .await
-            .unwrap();
+    let before = accounts::store::timetravel::user_as_of(
+        &app.pool,
+        user_id,
+        between - chrono::Duration::days(1),
+    )
+    .await
+    .unwrap();
     assert!(before.is_none());
 
     let mut tx = app.pool.begin().await.unwrap();

@@ -554,7 +554,7 @@ async fn the_guard_forgets_stale_failures_and_sources() {
     };
     assert!(count("login_guard").await >= 3);
     assert_eq!(count("login_familiar_source").await, 1);
-    let guard = accounts::throttle::LoginThrottle::new(
+    let guard = accounts::auth::throttle::LoginThrottle::new(
         app.pool.clone(),
         5,
         20,

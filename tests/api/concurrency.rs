@@ -55,10 +55,10 @@ async fn twenty_concurrent_registrations_of_one_username_make_one_account_and_ni
 fn session_buses(
     app: &TestApp,
     capacity: usize,
-) -> [accounts::commands::CommandBus<aggregates::Session>; 2] {
+) -> [accounts::store::commands::CommandBus<aggregates::Session>; 2] {
     [
-        accounts::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
-        accounts::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
+        accounts::store::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
+        accounts::store::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
     ]
 }
 
@@ -75,7 +75,7 @@ fn refresh(generation: u32) -> aggregates::session::SessionCommand {
 #[tokio::test]
 async fn a_process_with_a_stale_cached_session_decides_on_what_is_stored() {
     let app = TestApp::spawn().await;
-    stale_session_case(&app, accounts::commands::DEFAULT_CACHE_CAPACITY).await;
+    stale_session_case(&app, accounts::store::commands::DEFAULT_CACHE_CAPACITY).await;
     // The same story with the cache off (AGGREGATE_CACHE_SIZE=0): every command reads first.
     stale_session_case(&app, 0).await;
 }
@@ -83,7 +83,7 @@ async fn a_process_with_a_stale_cached_session_decides_on_what_is_stored() {
 async fn stale_session_case(app: &TestApp, capacity: usize) {
     use aggregates::session::{SessionCommand, SessionError};
     use cqrs_es::AggregateError;
-    let meta = accounts::extract::RequestMeta::default();
+    let meta = accounts::api::body::RequestMeta::default();
     let [here, there] = session_buses(app, capacity);
     let session_id = uuid::Uuid::new_v4();
     let id = session_id.to_string();

@@ -207,13 +207,13 @@ async fn a_mail_failing_every_attempt_is_recorded_listed_and_retried_by_command(
     )
     .await;
     eventually(|| async {
-        !accounts::mailer::failed(&app.pool)
+        !accounts::workers::mailer::failed(&app.pool)
             .await
             .unwrap()
             .is_empty()
     })
     .await;
-    let failed = accounts::mailer::failed(&app.pool).await.unwrap();
+    let failed = accounts::workers::mailer::failed(&app.pool).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(
         (
@@ -242,10 +242,11 @@ async fn a_mail_failing_every_attempt_is_recorded_listed_and_retried_by_command(
     app.smtp.refuse_next(0);
     let links =
         accounts::auth::LinkSigner::load_or_generate(&app.settings.link_key_file()).unwrap();
-    let mailer = accounts::mailer::Mailer::new(app.pool.clone(), &app.settings, links).unwrap();
+    let mailer =
+        accounts::workers::mailer::Mailer::new(app.pool.clone(), &app.settings, links).unwrap();
     assert_eq!(mailer.retry_failed(None).await.unwrap(), 1);
     assert_eq!(app.smtp.to("fail@example.com").len(), 1);
-    assert!(accounts::mailer::failed(&app.pool)
+    assert!(accounts::workers::mailer::failed(&app.pool)
         .await
         .unwrap()
         .is_empty());

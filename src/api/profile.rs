@@ -1,10 +1,10 @@
 //! Reading and updating the caller's profile.
 
 use super::account::profile_json;
+use crate::api::body::{JsonBody, RequestMeta};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, RequestMeta};
-use crate::state::AppState;
 use aggregates::user::{ProfileChanges, UserCommand};
 use axum::extract::State;
 use axum::routing::{get, post, MethodRouter};
@@ -20,7 +20,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[utoipa::path(get, path = "/accounts/api/get/profile/", tag = "account", summary = "Get user profile", security(("bearer" = [])), responses((status = 200, body = crate::openapi::Profile), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(get, path = "/accounts/api/get/profile/", tag = "account", summary = "Get user profile", security(("bearer" = [])), responses((status = 200, body = crate::api::openapi::Profile), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn get_profile(user: AuthUser) -> Json<Value> {
     Json(profile_json(&user.profile))
 }
@@ -42,7 +42,7 @@ fn valid_image_url(raw: &str) -> bool {
                 .unwrap_or(false))
 }
 
-#[utoipa::path(post, path = "/accounts/api/update/profile/", tag = "account", summary = "Update user profile", security(("bearer" = [])), request_body = crate::openapi::ProfileUpdateRequest, responses((status = 200, description = "The whole profile, already updated", body = crate::openapi::Profile), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/update/profile/", tag = "account", summary = "Update user profile", security(("bearer" = [])), request_body = crate::api::openapi::ProfileUpdateRequest, responses((status = 200, description = "The whole profile, already updated", body = crate::api::openapi::Profile), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn update_profile(
     State(state): State<AppState>,
     user: AuthUser,

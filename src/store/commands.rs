@@ -12,10 +12,10 @@
 //!   state is checked the same way before it is answered. So the cache never decides anything
 //!   the stored stream would not; it only saves the load. [`CommandBus::load`] always reads the
 //!   events after the cached sequence (one indexed query, usually returning nothing).
-//! - **One statement per commit** (see [`crate::event_store::EventRepository`]).
+//! - **One statement per commit** (see [`crate::store::events::EventRepository`]).
 
-use crate::event_store::EventRepository;
-use crate::extract::RequestMeta;
+use crate::api::body::RequestMeta;
+use crate::store::events::EventRepository;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, PersistedEventStore,

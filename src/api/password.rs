@@ -4,13 +4,13 @@ use super::msg;
 use super::registration::{
     aggregate_error, check_new_password, hash_error, link_base_field, password_pair,
 };
+use crate::api::body::{JsonBody, RequestMeta};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
 use crate::auth::links::{parse_uidb64, Purpose};
+use crate::auth::throttle::source_of;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, RequestMeta};
-use crate::state::AppState;
 use crate::store;
-use crate::throttle::source_of;
 use aggregates::user::{UserCommand, UserError};
 use aggregates::values::email_key;
 use aggregates::values::Email;
@@ -35,7 +35,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[utoipa::path(post, path = "/accounts/api/change/password/", tag = "password", summary = "Change old password", security(("bearer" = [])), description = "Revokes every refresh token and access token issued before, and mails a notice.", request_body = crate::openapi::ChangePasswordRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 429, description = "Too many wrong old passwords from this source: wait `Retry-After` seconds", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/change/password/", tag = "password", summary = "Change old password", security(("bearer" = [])), description = "Revokes every refresh token and access token issued before, and mails a notice.", request_body = crate::api::openapi::ChangePasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 429, description = "Too many wrong old passwords from this source: wait `Retry-After` seconds", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
@@ -96,7 +96,7 @@ pub(crate) async fn change_password(
     Ok(msg("Password changed successfully!"))
 }
 
-#[utoipa::path(post, path = "/accounts/api/forget/password/", tag = "password", summary = "Forget reset password link", description = "Mails a reset link `<verification_base_url><uidb64>/<token>/` (the configured default base when absent); the front end serving it POSTs the new password to `/accounts/api/set/new/forget/password/{uidb64}/{token}/`. The same answer whether or not the address is registered.", request_body = crate::openapi::ForgotPasswordRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/forget/password/", tag = "password", summary = "Forget reset password link", description = "Mails a reset link `<verification_base_url><uidb64>/<token>/` (the configured default base when absent); the front end serving it POSTs the new password to `/accounts/api/set/new/forget/password/{uidb64}/{token}/`. The same answer whether or not the address is registered.", request_body = crate::api::openapi::ForgotPasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn forgot_password(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -130,7 +130,7 @@ fn invalid_reset() -> ApiError {
     )
 }
 
-#[utoipa::path(post, path = "/accounts/api/set/new/forget/password/{uidb64}/{token}/", tag = "password", summary = "Set new forget password", description = "The mailed reset link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here with the new password. Revokes every session, mails a notice, activates an inactive account; does not log in.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), request_body = crate::openapi::SetNewPasswordRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors, or an invalid, expired, used or superseded link (code invalid_token)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/set/new/forget/password/{uidb64}/{token}/", tag = "password", summary = "Set new forget password", description = "The mailed reset link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here with the new password. Revokes every session, mails a notice, activates an inactive account; does not log in.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), request_body = crate::api::openapi::SetNewPasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors, or an invalid, expired, used or superseded link (code invalid_token)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn set_new_password(
     State(state): State<AppState>,
     meta: RequestMeta,

@@ -1,6 +1,6 @@
 //! Request extractors: the JSON body in the contract's shape, field parsing, request metadata.
 
-use crate::error::{ApiError, FieldErrors};
+use crate::api::error::{ApiError, FieldErrors};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
@@ -202,7 +202,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         Ok(Self {
             ip: parts
                 .extensions
-                .get::<crate::http::ClientIp>()
+                .get::<crate::api::layers::ClientIp>()
                 .map(|client| client.0.to_string())
                 .or_else(|| {
                     parts

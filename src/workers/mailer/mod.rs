@@ -258,7 +258,7 @@ pub async fn consumer(
     js: &jetstream::Context,
     settings: &Settings,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let stream = crate::relay::ensure_stream(js, settings).await?;
+    let stream = crate::workers::relay::ensure_stream(js, settings).await?;
     stream
         .get_or_create_consumer(
             &settings.mailer_consumer,

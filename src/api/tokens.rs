@@ -3,9 +3,9 @@
 use super::account::token_pair;
 use super::msg;
 use super::registration::aggregate_error;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{Form, JsonBody, RequestMeta};
-use crate::state::AppState;
+use crate::api::body::{Form, JsonBody, RequestMeta};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
 use aggregates::session::{SessionCommand, SessionError};
 use axum::extract::State;
 use axum::routing::{get, post, MethodRouter};
@@ -22,7 +22,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[utoipa::path(post, path = "/accounts/api/token/refresh/", tag = "session", description = "Rotation: the presented token is spent. Presenting a spent token again revokes the whole chain (401), except an immediate retry of the last rotation, which gets the same answer again.", request_body = crate::openapi::RefreshRequest, responses((status = 200, body = crate::openapi::TokenResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Invalid, expired, spent or revoked (code token_not_valid)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/token/refresh/", tag = "session", description = "Rotation: the presented token is spent. Presenting a spent token again revokes the whole chain (401), except an immediate retry of the last rotation, which gets the same answer again.", request_body = crate::api::openapi::RefreshRequest, responses((status = 200, body = crate::api::openapi::TokenResponse), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Invalid, expired, spent or revoked (code token_not_valid)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -66,7 +66,7 @@ pub(crate) async fn refresh(
     Ok(Json(Value::Object(body)))
 }
 
-#[utoipa::path(post, path = "/accounts/api/logout/", tag = "session", request_body = crate::openapi::RefreshRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Not a refresh token of ours", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/logout/", tag = "session", request_body = crate::api::openapi::RefreshRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Not a refresh token of ours", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,

@@ -1,14 +1,23 @@
-//! The HTTP surface: one module per endpoint group, each with its own `router()`.
+//! The HTTP surface: the router, one module per endpoint group (each with its own `routes()`,
+//! request and response types beside the handlers), the JSON body extractor and the error type
+//! (both DRF-shaped), the OpenAPI document made from the handlers' types, the hardening layers
+//! and the listeners' accept loop.
 
 pub(crate) mod account;
+pub mod body;
+pub mod error;
+pub mod layers;
 pub(crate) mod meta;
+pub mod openapi;
 pub(crate) mod password;
 pub(crate) mod profile;
 pub(crate) mod registration;
+pub mod serve;
+pub mod state;
 pub(crate) mod tokens;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::api::error::ApiError;
+use crate::api::state::AppState;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
@@ -35,7 +44,7 @@ pub(crate) const PUBLIC_WRITES: [&str; 10] = [
 ];
 
 /// Every route, under its path with the trailing slash and without it.
-pub fn router(state: AppState, ip_limit: Option<crate::http::IpLimitLayer>) -> Router {
+pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer>) -> Router {
     let routes: Vec<(&str, MethodRouter<AppState>)> = [
         registration::routes(),
         account::routes(),
@@ -83,7 +92,7 @@ fn swagger_ui() -> Router<AppState> {
     Router::from(
         utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui").url(
             "/accounts/api/spectacular/openapi.json",
-            crate::openapi::document(),
+            crate::api::openapi::document(),
         ),
     )
     .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(

@@ -1,6 +1,12 @@
 //! The two tables beside the event store that the write path reads directly: the credential store
 //! (password hashes, never in events) and `user_identities` (unique e-mail and username).
 
+pub mod commands;
+pub mod db;
+pub mod events;
+pub mod timetravel;
+pub mod wake;
+
 use aggregates::values::{email_key, username_key};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;

@@ -1,13 +1,13 @@
 //! Registration, resend of the activation link, activation.
 
 use super::msg;
+use crate::api::body::{Form, JsonBody, RequestMeta};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
 use crate::auth::links::{parse_uidb64, Purpose};
 use crate::auth::policy;
-use crate::commands::sqlstate;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{Form, JsonBody, RequestMeta};
-use crate::state::AppState;
 use crate::store;
+use crate::store::commands::sqlstate;
 use aggregates::user::{LinkIssue, UserCommand};
 use aggregates::values::{Email, Username};
 use axum::extract::{Path, State};
@@ -136,7 +136,7 @@ pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
         AggregateError::DatabaseConnectionError(inner) | AggregateError::UnexpectedError(inner)
             if inner
                 .downcast_ref::<sqlx::Error>()
-                .is_some_and(crate::error::database_unavailable) =>
+                .is_some_and(crate::api::error::database_unavailable) =>
         {
             ApiError::Unavailable
         }
@@ -145,7 +145,7 @@ pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-#[utoipa::path(post, path = "/accounts/api/registration/", tag = "registration", summary = "New user registration", description = "Mails an activation link: `verification_base_url` + `<uidb64>/<token>/`. The front end serving that URL takes `uidb64` and `token` from it and POSTs them to `/accounts/api/verify/token/{uidb64}/{token}/`.", request_body = crate::openapi::RegistrationRequest, responses((status = 201, description = "Registered, or the address was registered already (then the owner is mailed a notice instead)", body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/registration/", tag = "registration", summary = "New user registration", description = "Mails an activation link: `verification_base_url` + `<uidb64>/<token>/`. The front end serving that URL takes `uidb64` and `token` from it and POSTs them to `/accounts/api/verify/token/{uidb64}/{token}/`.", request_body = crate::api::openapi::RegistrationRequest, responses((status = 201, description = "Registered, or the address was registered already (then the owner is mailed a notice instead)", body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -219,7 +219,7 @@ fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) {
     );
 }
 
-#[utoipa::path(post, path = "/accounts/api/get/acctivation/token/", tag = "registration", summary = "Get new account activation token", description = "Also served at `/accounts/api/get/accttivation/token/` and `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only an existing inactive account is mailed a new link, which makes every older link invalid.", request_body = crate::openapi::ResendActivationRequest, responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/get/acctivation/token/", tag = "registration", summary = "Get new account activation token", description = "Also served at `/accounts/api/get/accttivation/token/` and `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only an existing inactive account is mailed a new link, which makes every older link invalid.", request_body = crate::api::openapi::ResendActivationRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn resend_activation(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -249,7 +249,7 @@ fn invalid_activation() -> ApiError {
     )
 }
 
-#[utoipa::path(post, path = "/accounts/api/verify/token/{uidb64}/{token}/", tag = "registration", summary = "Activate user account by email verification", description = "The mailed activation link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here. GET is 405, so mail scanners that open links activate nothing.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), responses((status = 200, body = crate::openapi::Msg), (status = 400, description = "Invalid, expired, used or superseded link (code invalid_token)", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/verify/token/{uidb64}/{token}/", tag = "registration", summary = "Activate user account by email verification", description = "The mailed activation link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here. GET is 405, so mail scanners that open links activate nothing.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Invalid, expired, used or superseded link (code invalid_token)", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     meta: RequestMeta,

@@ -2,8 +2,8 @@
 //! CORS for configured origins only, a request timeout, and per-IP rate limits on the
 //! unauthenticated endpoints.
 
+use crate::api::error::{throttled, ApiError};
 use crate::config::Settings;
-use crate::error::{throttled, ApiError};
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;

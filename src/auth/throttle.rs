@@ -36,7 +36,7 @@ pub struct Throttled {
 /// address, or an IPv6 address's /64), and `unknown` when there is none.
 pub fn source_of(ip: Option<&str>) -> String {
     ip.and_then(|ip| ip.parse::<IpAddr>().ok())
-        .map(|ip| crate::http::client_network(ip).to_string())
+        .map(|ip| crate::api::layers::client_network(ip).to_string())
         .unwrap_or_else(|| "unknown".to_owned())
 }
 

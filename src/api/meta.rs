@@ -1,7 +1,7 @@
 //! Service endpoints: the OpenAPI document, liveness and readiness.
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::api::error::ApiError;
+use crate::api::state::AppState;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,13 +30,13 @@ pub fn management_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 
 /// The OpenAPI 3 document of the whole API.
 pub fn openapi_document() -> Value {
-    serde_json::to_value(crate::openapi::document()).unwrap_or_else(|_| json!({}))
+    serde_json::to_value(crate::api::openapi::document()).unwrap_or_else(|_| json!({}))
 }
 
 #[utoipa::path(get, path = "/accounts/api/spectacular/", tag = "meta", params(("format" = Option<String>, Query, description = "`json` (default) or `yaml`")), responses((status = 200, description = "This OpenAPI 3 document")))]
 pub(crate) async fn spectacular(RawQuery(query): RawQuery) -> Response {
-    match crate::extract::query_value(query.as_deref(), "format").as_deref() {
-        Some("yaml") => match crate::openapi::document().to_yaml() {
+    match crate::api::body::query_value(query.as_deref(), "format").as_deref() {
+        Some("yaml") => match crate::api::openapi::document().to_yaml() {
             Ok(yaml) => (
                 [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
                 yaml,

@@ -92,8 +92,8 @@ pub fn database_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-impl From<crate::throttle::Throttled> for ApiError {
-    fn from(wait: crate::throttle::Throttled) -> Self {
+impl From<crate::auth::throttle::Throttled> for ApiError {
+    fn from(wait: crate::auth::throttle::Throttled) -> Self {
         ApiError::Throttled {
             retry_after_secs: wait.retry_after_secs,
         }

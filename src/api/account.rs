@@ -1,12 +1,12 @@
 //! Login, the dashboard and the user's own history.
 
 use super::registration::{aggregate_error, hash_error};
+use crate::api::body::{query_value, JsonBody, RequestMeta};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
+use crate::auth::throttle::source_of;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{query_value, JsonBody, RequestMeta};
-use crate::state::AppState;
 use crate::store;
-use crate::throttle::source_of;
 use aggregates::session::SessionCommand;
 use aggregates::values::Email;
 use aggregates::User;
@@ -69,7 +69,7 @@ pub(crate) fn token_pair(
     Ok(body)
 }
 
-#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", summary = "Get JWT access and refresh_token to visit user dashboard.", request_body = crate::openapi::LoginRequest, responses((status = 200, body = crate::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::openapi::ErrorDetail), (status = 429, description = "This source has guessed this account's password too often: wait `Retry-After` seconds", body = crate::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", summary = "Get JWT access and refresh_token to visit user dashboard.", request_body = crate::api::openapi::LoginRequest, responses((status = 200, body = crate::api::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::api::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 429, description = "This source has guessed this account's password too often: wait `Retry-After` seconds", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -218,7 +218,7 @@ pub(crate) fn profile_json(row: &ProfileRow) -> Value {
     })
 }
 
-#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", summary = "Get user dashboard", security(("bearer" = [])), responses((status = 200, body = crate::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", summary = "Get user dashboard", security(("bearer" = [])), responses((status = 200, body = crate::api::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn dashboard(
     State(state): State<AppState>,
     user: AuthUser,
@@ -241,7 +241,7 @@ pub(crate) async fn dashboard(
     })))
 }
 
-#[utoipa::path(get, path = "/accounts/api/history/", tag = "account", security(("bearer" = [])), params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "`next` of the previous page")), responses((status = 200, body = crate::openapi::HistoryPage), (status = 400, description = "Field errors", body = crate::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::openapi::ErrorDetail)))]
+#[utoipa::path(get, path = "/accounts/api/history/", tag = "account", security(("bearer" = [])), params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "`next` of the previous page")), responses((status = 200, body = crate::api::openapi::HistoryPage), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail)))]
 pub(crate) async fn own_history(
     State(state): State<AppState>,
     user: AuthUser,

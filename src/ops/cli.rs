@@ -3,8 +3,9 @@
 
 use crate::auth::{PasswordHasher, SecretPassword};
 use crate::config::Settings;
+use crate::ops::seed;
 use crate::startup::prepare_database;
-use crate::{seed, store, timetravel};
+use crate::store::{self, timetravel};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -110,7 +111,7 @@ pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Resul
 /// `accounts mail failed`.
 pub async fn failed_mails(settings: &Settings) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let failed = crate::mailer::failed(&pool).await?;
+    let failed = crate::workers::mailer::failed(&pool).await?;
     if failed.is_empty() {
         println!("no failed mails");
     }
@@ -132,7 +133,7 @@ pub async fn failed_mails(settings: &Settings) -> anyhow::Result<()> {
 pub async fn retry_mails(settings: &Settings, event_id: Option<&str>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
     let links = crate::auth::LinkSigner::load_or_generate(&settings.link_key_file())?;
-    let mailer = crate::mailer::Mailer::new(pool, settings, links)?;
+    let mailer = crate::workers::mailer::Mailer::new(pool, settings, links)?;
     let sent = mailer.retry_failed(event_id).await?;
     println!("sent {sent} mail(s)");
     Ok(())

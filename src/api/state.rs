@@ -1,9 +1,9 @@
 //! What every handler shares.
 
+use crate::api::error::ApiError;
 use crate::auth::{Keys, LinkSigner, PasswordHasher};
-use crate::commands::CommandBus;
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::store::commands::CommandBus;
 use aggregates::{Session, User};
 use projections::Projector;
 use sqlx::PgPool;
@@ -26,7 +26,7 @@ pub struct AppState {
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     /// One per projector, in the same order: see [`projections::CatchUpGate`].
     pub catch_up_gates: Arc<Vec<Arc<projections::CatchUpGate>>>,
-    pub throttle: crate::throttle::LoginThrottle,
+    pub throttle: crate::auth::throttle::LoginThrottle,
     pub nats: async_nats::Client,
     /// Work started by a request that finishes after its response (see
     /// `execute_for_email_in_background`); shutdown waits for it.
@@ -97,14 +97,14 @@ impl AppState {
         &self,
         user_id: uuid::Uuid,
         command: aggregates::UserCommand,
-        meta: &crate::extract::RequestMeta,
+        meta: &crate::api::body::RequestMeta,
     ) -> Result<(), ApiError> {
         let id = user_id.to_string();
         let done = self
             .users
             .execute(&id, command, meta)
             .await
-            .map_err(crate::routes::aggregate_error)?;
+            .map_err(crate::api::aggregate_error)?;
         self.sync_read_models("User", &id, done.last_sequence())
             .await
     }
@@ -116,7 +116,7 @@ impl AppState {
         email: &aggregates::values::Email,
         base_url: String,
         ttl_secs: u64,
-        meta: crate::extract::RequestMeta,
+        meta: crate::api::body::RequestMeta,
         command: fn(
             aggregates::user::LinkIssue,
             chrono::DateTime<chrono::Utc>,
@@ -143,7 +143,7 @@ impl AppState {
         &self,
         email: String,
         make: impl FnOnce(uuid::Uuid) -> aggregates::UserCommand + Send + 'static,
-        meta: crate::extract::RequestMeta,
+        meta: crate::api::body::RequestMeta,
     ) {
         let (pool, users) = (self.pool.clone(), self.users.clone());
         self.background.spawn(async move {

@@ -3,7 +3,7 @@
 //! every field error is reported in DRF's shape.
 #![allow(dead_code)]
 
-use crate::routes::{account, meta, password, profile, registration, tokens};
+use crate::api::{account, meta, password, profile, registration, tokens};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::{OpenApi, ToSchema};
@@ -197,7 +197,7 @@ struct PublicQuota;
 impl utoipa::Modify for PublicQuota {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        for path in crate::routes::PUBLIC_WRITES {
+        for path in crate::api::PUBLIC_WRITES {
             let Some(item) = openapi.paths.paths.get_mut(path) else {
                 continue;
             };
