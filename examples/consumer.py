@@ -81,7 +81,7 @@ async def main():
     while True:
         try:
             messages = await subscription.fetch(batch=64, timeout=1)
-        except NatsTimeout:
+        except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either when idle
             idle += 1
             if args.idle_exit_secs and idle >= args.idle_exit_secs:
                 break

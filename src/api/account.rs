@@ -1,7 +1,8 @@
 //! Login, the dashboard and the user's own history.
 
+use super::profile::Profile;
 use super::registration::{aggregate_error, hash_error};
-use crate::api::body::{query_value, JsonBody, RequestMeta};
+use crate::api::body::{query_value, Body, Form, FromBody, RequestMeta};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::AppState;
 use crate::auth::throttle::source_of;
@@ -16,9 +17,9 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use chrono::{Duration, Utc};
 use projections::history::{self, HistoryEntry};
-use projections::profile::ProfileRow;
 use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
@@ -27,6 +28,48 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/accounts/api/dashboard/", get(dashboard)),
         ("/accounts/api/history/", get(own_history)),
     ]
+}
+
+/// The body of `login/`.
+#[derive(ToSchema)]
+pub struct LoginRequest {
+    #[schema(value_type = String, format = Email, max_length = 254, example = "krishna@example.com")]
+    pub email: Email,
+    #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "correct horse battery staple")]
+    pub password: SecretString,
+}
+
+impl FromBody for LoginRequest {
+    fn read(form: &mut Form, _: &AppState) -> Option<Self> {
+        let email = form.parsed("email", Email::parse);
+        let password = form.string("password").map(SecretString::from);
+        Some(Self {
+            email: email?,
+            password: password?,
+        })
+    }
+}
+
+/// The tokens of one session generation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// EdDSA JWT; verify it with `/.well-known/jwks.json`. Send it as `Authorization: Bearer`.
+    pub access_token: String,
+    /// Opaque; rotate it with `/accounts/api/token/refresh/`, end it with `/accounts/api/logout/`.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// The answer to a login: a greeting and the session's first tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub msg: String,
+    #[serde(flatten)]
+    pub tokens: TokenPair,
 }
 
 fn invalid_credentials() -> ApiError {
@@ -46,7 +89,7 @@ pub(crate) fn token_pair(
     generation: u32,
     epoch: u32,
     login_at: Option<chrono::DateTime<Utc>>,
-) -> ApiResult<serde_json::Map<String, Value>> {
+) -> ApiResult<TokenPair> {
     let access = state
         .keys
         .issue(
@@ -58,30 +101,34 @@ pub(crate) fn token_pair(
             state.access_ttl(),
         )
         .map_err(ApiError::Internal)?;
-    let mut body = serde_json::Map::new();
-    body.insert("access_token".into(), access.into());
-    body.insert(
-        "refresh_token".into(),
-        state.links.refresh_token(session_id, generation).into(),
-    );
-    body.insert("token_type".into(), "Bearer".into());
-    body.insert("expires_in".into(), state.access_ttl().into());
-    Ok(body)
+    Ok(TokenPair {
+        access_token: access,
+        refresh_token: state.links.refresh_token(session_id, generation),
+        token_type: "Bearer",
+        expires_in: state.access_ttl(),
+    })
 }
 
-#[utoipa::path(post, path = "/accounts/api/login/", tag = "session", summary = "Get JWT access and refresh_token to visit user dashboard.", request_body = crate::api::openapi::LoginRequest, responses((status = 200, body = crate::api::openapi::LoginResponse), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Unknown e-mail or wrong password (code invalid_credentials)", body = crate::api::openapi::ErrorDetail), (status = 403, description = "Right password, inactive account (code account_inactive)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 429, description = "This source has guessed this account's password too often: wait `Retry-After` seconds", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    post,
+    path = "/accounts/api/login/",
+    tag = "session",
+    summary = "Get JWT access and refresh_token to visit user dashboard.",
+    description = "Starts a session. Wrong guesses are bounded per account and client address \
+        (429 with `Retry-After`); a client address that logged in to the account before never \
+        waits for strangers' guesses.",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 401, description = "Unknown e-mail or wrong password (code `invalid_credentials`)", body = crate::api::error::ErrorDetail),
+        (status = 403, description = "Right password, account not activated yet (code `account_inactive`)", body = crate::api::error::ErrorDetail),
+    )
+)]
 pub(crate) async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let email = form.parsed("email", Email::parse);
-    let password = form.string("password").map(SecretString::from);
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
-
+    Body(LoginRequest { email, password }): Body<LoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
     // Admission and the account look-up in one round trip. The attempt is counted now, before
     // the hash is checked, so an aborted request has nothing to release; a refused attempt
     // touches no account (cheap under a flood of guesses, and says nothing about the address).
@@ -136,7 +183,7 @@ pub(crate) async fn login(
     }
     // No wait for the read models here: the access token names the login, and the first read
     // that must show it waits for it, only if the read models are behind (`AuthUser`).
-    let mut body = token_pair(
+    let tokens = token_pair(
         &state,
         user_id,
         session_id,
@@ -144,11 +191,10 @@ pub(crate) async fn login(
         user.token_epoch,
         Some(started_at),
     )?;
-    body.insert(
-        "msg".into(),
-        format!("Congrats {} your credentials verfied.", user.username).into(),
-    );
-    Ok(Json(Value::Object(body)))
+    Ok(Json(LoginResponse {
+        msg: format!("Congrats {} your credentials verfied.", user.username),
+        tokens,
+    }))
 }
 
 /// Loads the account `candidate` found (if any) and verifies `password` against its current
@@ -205,77 +251,173 @@ fn record_failure(state: &AppState, user_id: Uuid, meta: RequestMeta) {
     });
 }
 
-/// The profile fields of the contract, `""` when unset.
-pub(crate) fn profile_json(row: &ProfileRow) -> Value {
-    json!({
-        "username": row.username,
-        "email": row.email,
-        "country": row.country,
-        "profession": row.profession,
-        "bio": row.bio,
-        "thoughts": row.thoughts,
-        "profile_img": row.profile_img,
-    })
+/// The account part of the dashboard.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DashboardUser {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub is_active: bool,
+    pub date_joined: chrono::DateTime<Utc>,
+    /// The last login with the password; `null` before the first.
+    pub last_login: Option<chrono::DateTime<Utc>>,
 }
 
-#[utoipa::path(get, path = "/accounts/api/dashboard/", tag = "account", summary = "Get user dashboard", security(("bearer" = [])), responses((status = 200, body = crate::api::openapi::Dashboard), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail)))]
+/// The dashboard: the account, its profile and its newest history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dashboard {
+    #[schema(example = "Welcome to dashboard")]
+    pub msg: &'static str,
+    pub user: DashboardUser,
+    pub profile: Profile,
+    /// The newest 10 history entries, newest first.
+    pub recent_history: Vec<HistoryItem>,
+}
+
+/// One entry of the user's own history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryItem {
+    /// One of `registered`, `activation_link_sent`, `activated`, `logged_in`, `login_failed`,
+    /// `token_refreshed`, `logged_out`, `profile_updated`, `password_changed`,
+    /// `password_reset_requested`, `password_reset`, `sessions_revoked`.
+    pub event: String,
+    pub occurred_at: chrono::DateTime<Utc>,
+    /// The client address the request came from, if known.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Non-secret details of the event (see docs/EVENTS.md); never a password, hash or token.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+impl From<HistoryEntry> for HistoryItem {
+    fn from(entry: HistoryEntry) -> Self {
+        Self {
+            event: entry.event,
+            occurred_at: entry.occurred_at,
+            ip: entry.ip,
+            user_agent: entry.user_agent,
+            details: entry.details,
+        }
+    }
+}
+
+/// One page of the user's own history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub results: Vec<HistoryItem>,
+    /// Pass as `?cursor=` for the next (older) page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// The query of `history/`. As in Django, a repeated parameter counts with its last value.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Entries per page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    /// `next` of the previous page; empty or absent for the newest page.
+    #[param(value_type = Option<String>, pattern = "^([1-9][0-9]{0,17})?$")]
+    pub cursor: Option<i64>,
+}
+
+impl HistoryQuery {
+    /// Reads the raw query string; field errors in DRF's shape.
+    fn parse(query: Option<&str>) -> ApiResult<Self> {
+        let mut errors = Form::default();
+        let limit = match query_value(query, "limit").as_deref() {
+            None => None,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if (1..=200).contains(&n) => Some(n),
+                _ => {
+                    errors.error(
+                        "limit",
+                        "Ensure this value is a whole number from 1 to 200.",
+                    );
+                    None
+                }
+            },
+        };
+        let cursor = match query_value(query, "cursor").as_deref() {
+            None | Some("") => None,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    errors.error("cursor", "Invalid cursor.");
+                    None
+                }
+            },
+        };
+        errors.finish()?;
+        Ok(Self { limit, cursor })
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/accounts/api/dashboard/",
+    tag = "account",
+    summary = "Get user dashboard",
+    description = "Shows the caller's own latest login and changes at once, even when another \
+        process served them.",
+    security(("bearer" = [])),
+    responses((status = 200, body = Dashboard))
+)]
 pub(crate) async fn dashboard(
     State(state): State<AppState>,
     user: AuthUser,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Dashboard>> {
     user.see_own_login(&state).await?;
     let row = &user.profile;
     let recent = history::page(&state.pool, user.user_id, None, 10).await?;
-    Ok(Json(json!({
-        "msg": "Welcome to dashboard",
-        "user": {
-            "id": row.user_id,
-            "username": row.username,
-            "email": row.email,
-            "is_active": row.is_active,
-            "date_joined": row.date_joined,
-            "last_login": row.last_login,
+    Ok(Json(Dashboard {
+        msg: "Welcome to dashboard",
+        user: DashboardUser {
+            id: row.user_id,
+            username: row.username.clone(),
+            email: row.email.clone(),
+            is_active: row.is_active,
+            date_joined: row.date_joined,
+            last_login: row.last_login,
         },
-        "profile": profile_json(row),
-        "recent_history": recent,
-    })))
+        profile: Profile::from(row),
+        recent_history: recent.into_iter().map(HistoryItem::from).collect(),
+    }))
 }
 
-#[utoipa::path(get, path = "/accounts/api/history/", tag = "account", security(("bearer" = [])), params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "`next` of the previous page")), responses((status = 200, body = crate::api::openapi::HistoryPage), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    get,
+    path = "/accounts/api/history/",
+    tag = "account",
+    summary = "Get user history",
+    description = "The caller's own history (registration, logins, failed logins, changes), \
+        newest first, page by page.",
+    security(("bearer" = [])),
+    params(HistoryQuery),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 400, description = "Field errors in the query string", body = crate::api::error::ValidationErrors),
+    )
+)]
 pub(crate) async fn own_history(
     State(state): State<AppState>,
     user: AuthUser,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let limit = match query_value(query.as_deref(), "limit").as_deref() {
-        None => 50,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=200).contains(&n) => n,
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    "Ensure this value is a whole number from 1 to 200.",
-                ))
-            }
-        },
-    };
-    let before = match query_value(query.as_deref(), "cursor").as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(
-            raw.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::field("cursor", "Invalid cursor."))?,
-        ),
-    };
+) -> ApiResult<Json<HistoryPage>> {
+    let HistoryQuery { limit, cursor } = HistoryQuery::parse(query.as_deref())?;
+    let limit = limit.unwrap_or(50);
     user.see_own_login(&state).await?;
     let mut rows: Vec<HistoryEntry> =
-        history::page(&state.pool, user.user_id, before, limit + 1).await?;
+        history::page(&state.pool, user.user_id, cursor, limit + 1).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| r.position.to_string())
     } else {
         None
     };
-    Ok(Json(json!({ "results": rows, "next": next })))
+    Ok(Json(HistoryPage {
+        results: rows.into_iter().map(HistoryItem::from).collect(),
+        next,
+    }))
 }

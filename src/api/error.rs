@@ -3,13 +3,48 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Field name → messages, as DRF reports validation errors.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// DRF's validation errors: `{"<field>": ["<message>", ...]}`, every bad field at once, with
+/// `non_field_errors` for the errors of no single field (such as a confirmation that differs).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"email": ["Enter a valid email address."], "password": ["This field is required."]}))]
+pub struct ValidationErrors(pub FieldErrors);
+
+/// DRF's `{"detail": ...}` body; `code`, when present, is a stable snake_case identifier of the
+/// case (`invalid_credentials`, `token_not_valid`, `invalid_token`, `throttled`, ...).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub code: Option<String>,
+}
+
+impl ErrorDetail {
+    pub fn new(detail: impl Into<String>, code: Option<&str>) -> Self {
+        Self {
+            detail: detail.into(),
+            code: code.map(str::to_owned),
+        }
+    }
+}
+
+/// A 400 body: the field errors of a body or query string, or a `detail` for a body that is no
+/// JSON object (`JSON parse error - ...`) and for a link that is invalid (`code` `invalid_token`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BadRequest {
+    Fields(ValidationErrors),
+    Detail(ErrorDetail),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -124,91 +159,98 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// A DRF `{"detail": ...}` body.
-pub fn detail_body(detail: &str) -> Json<Value> {
-    Json(json!({ "detail": detail }))
+fn with_retry_after(mut response: Response, secs: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+fn detail(status: StatusCode, detail: impl Into<String>, code: Option<&str>) -> Response {
+    (status, Json(ErrorDetail::new(detail, code))).into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Validation(errors) => (StatusCode::BAD_REQUEST, Json(errors)).into_response(),
+            ApiError::Validation(errors) => (
+                StatusCode::BAD_REQUEST,
+                Json(BadRequest::Fields(ValidationErrors(errors))),
+            )
+                .into_response(),
             ApiError::MalformedJson(what) => (
                 StatusCode::BAD_REQUEST,
-                detail_body(&format!("JSON parse error - {what}")),
+                Json(BadRequest::Detail(ErrorDetail::new(
+                    format!("JSON parse error - {what}"),
+                    None,
+                ))),
             )
                 .into_response(),
-            ApiError::NotAuthenticated => unauthorized(json!({
-                "detail": "Authentication credentials were not provided."
-            })),
-            ApiError::InvalidToken => unauthorized(json!({
-                "detail": "Given token not valid for any token type",
-                "code": "token_not_valid",
-            })),
-            ApiError::UnsupportedMediaType(media) => (
+            ApiError::NotAuthenticated => unauthorized(ErrorDetail::new(
+                "Authentication credentials were not provided.",
+                None,
+            )),
+            ApiError::InvalidToken => unauthorized(ErrorDetail::new(
+                "Given token not valid for any token type",
+                Some("token_not_valid"),
+            )),
+            ApiError::UnsupportedMediaType(media) => detail(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                detail_body(&format!("Unsupported media type \"{media}\" in request.")),
-            )
-                .into_response(),
-            ApiError::PayloadTooLarge => (
+                format!("Unsupported media type \"{media}\" in request."),
+                None,
+            ),
+            ApiError::PayloadTooLarge => detail(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({
-                    "detail": "Request body is larger than 64 KiB.",
-                    "code": "payload_too_large",
-                })),
+                "Request body is larger than 64 KiB.",
+                Some("payload_too_large"),
+            ),
+            ApiError::Detail {
+                status,
+                detail: text,
+                code,
+            } if status == StatusCode::BAD_REQUEST => (
+                status,
+                Json(BadRequest::Detail(ErrorDetail::new(text, Some(code)))),
             )
                 .into_response(),
             ApiError::Detail {
                 status,
-                detail,
+                detail: text,
                 code,
-            } => (status, Json(json!({ "detail": detail, "code": code }))).into_response(),
+            } => detail(status, text, Some(code)),
             ApiError::Throttled { retry_after_secs } => throttled(retry_after_secs),
-            ApiError::Overloaded { retry_after_secs } => {
-                let mut response = (
+            ApiError::Overloaded { retry_after_secs } => with_retry_after(
+                detail(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({
-                        "detail": "The service is busy. Please try again shortly.",
-                        "code": "overloaded",
-                    })),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                response
-            }
+                    "The service is busy. Please try again shortly.",
+                    Some("overloaded"),
+                ),
+                retry_after_secs,
+            ),
             ApiError::Unavailable => {
                 tracing::warn!("database unavailable");
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({
-                        "detail": "The service is temporarily unavailable. Please try again shortly.",
-                        "code": "service_unavailable",
-                    })),
+                with_retry_after(
+                    detail(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The service is temporarily unavailable. Please try again shortly.",
+                        Some("service_unavailable"),
+                    ),
+                    1,
                 )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-                response
             }
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                (
+                detail(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({
-                        "detail": "A server error occurred.",
-                        "code": "internal_error",
-                    })),
+                    "A server error occurred.",
+                    Some("internal_error"),
                 )
-                    .into_response()
             }
         }
     }
 }
 
-fn unauthorized(body: Value) -> Response {
+fn unauthorized(body: ErrorDetail) -> Response {
     let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -219,15 +261,21 @@ fn unauthorized(body: Value) -> Response {
 
 /// DRF's 429: `{"detail": "Request was throttled. Expected available in N seconds."}`.
 pub fn throttled(retry_after_secs: u64) -> Response {
-    let mut response = (
-        StatusCode::TOO_MANY_REQUESTS,
-        detail_body(&format!(
-            "Request was throttled. Expected available in {retry_after_secs} seconds."
-        )),
+    with_retry_after(
+        detail(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Request was throttled. Expected available in {retry_after_secs} seconds."),
+            None,
+        ),
+        retry_after_secs,
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    response
+}
+
+/// DRF's 405: `{"detail": "Method \"PUT\" not allowed."}`.
+pub fn method_not_allowed(method: &str) -> Response {
+    detail(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method \"{method}\" not allowed."),
+        None,
+    )
 }

@@ -20,6 +20,20 @@ use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+/// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
+pub(crate) const QUOTA_PATHS: [&str; 10] = [
+    "/accounts/api/registration/",
+    "/accounts/api/get/acctivation/token/",
+    "/accounts/api/get/accttivation/token/",
+    "/accounts/api/get/activation/token/",
+    "/accounts/api/verify/token/{uidb64}/{token}/",
+    "/accounts/api/login/",
+    "/accounts/api/forget/password/",
+    "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+    "/accounts/api/token/refresh/",
+    "/accounts/api/logout/",
+];
+
 /// The address of the client a request is from: the TCP peer, or, when the peer is a trusted
 /// proxy, the address its forwarding headers name. Set on every request by [`client_ip`]; the
 /// per-IP limits, the guessing bound, events, history and logs all use it.

@@ -6,9 +6,14 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
+use axum::Extension;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use utoipa::openapi::OpenApi;
+use utoipa::ToSchema;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
@@ -28,15 +33,25 @@ pub fn management_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-/// The OpenAPI 3 document of the whole API.
-pub fn openapi_document() -> Value {
-    serde_json::to_value(crate::api::openapi::document()).unwrap_or_else(|_| json!({}))
-}
-
-#[utoipa::path(get, path = "/accounts/api/spectacular/", tag = "meta", params(("format" = Option<String>, Query, description = "`json` (default) or `yaml`")), responses((status = 200, description = "This OpenAPI 3 document")))]
-pub(crate) async fn spectacular(RawQuery(query): RawQuery) -> Response {
+#[utoipa::path(
+    get,
+    path = "/accounts/api/spectacular/",
+    tag = "meta",
+    summary = "Get this OpenAPI document",
+    description = "Also at `/accounts/api/spectacular/openapi.json`; the Swagger UI is at \
+        `/accounts/api/spectacular/swagger-ui/`.",
+    params(("format" = Option<String>, Query, description = "`yaml` for YAML; JSON otherwise")),
+    responses((status = 200, description = "This OpenAPI 3.1 document", content(
+        (Object = "application/json"),
+        (String = "application/yaml"),
+    )))
+)]
+pub(crate) async fn spectacular(
+    Extension(document): Extension<Arc<OpenApi>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     match crate::api::body::query_value(query.as_deref(), "format").as_deref() {
-        Some("yaml") => match crate::api::openapi::document().to_yaml() {
+        Some("yaml") => match document.to_yaml() {
             Ok(yaml) => (
                 [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
                 yaml,
@@ -44,17 +59,63 @@ pub(crate) async fn spectacular(RawQuery(query): RawQuery) -> Response {
                 .into_response(),
             Err(error) => ApiError::internal(anyhow::anyhow!("{error}")).into_response(),
         },
-        _ => Json(openapi_document()).into_response(),
+        _ => Json(document.as_ref()).into_response(),
     }
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The process is alive")))]
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "Postgres reachable, NATS connected, relay and projectors within READY_MAX_LAG_SECS"), (status = 503, description = "Not ready; `failing` names the parts")))]
-pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    summary = "Is the process alive",
+    responses((status = 200, description = "The process is alive", body = Health))
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness, and what it was judged on.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: &'static str,
+    pub checks: ReadinessChecks,
+    /// The parts that are not ready: `database`, `nats`, or a reader's name.
+    pub failing: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    pub database: bool,
+    pub nats: bool,
+    /// Per reader (relay, projectors): events behind and the age of the oldest, in seconds.
+    pub lag: BTreeMap<String, ReaderLag>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReaderLag {
+    pub behind: i64,
+    pub seconds: f64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    summary = "Is the process ready for traffic",
+    responses(
+        (status = 200, description = "Postgres reachable, NATS connected, relay and projectors within READY_MAX_LAG_SECS", body = Readiness),
+        (status = 503, description = "Not ready; `failing` names the parts", body = Readiness),
+    )
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool),
@@ -63,7 +124,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     .is_ok_and(|r| r.is_ok());
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let max_lag = state.settings.ready_max_lag_secs as f64;
-    let mut lag = serde_json::Map::new();
+    let mut lag = BTreeMap::new();
     let mut failing = Vec::new();
     if !database {
         failing.push("database".to_owned());
@@ -88,7 +149,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
                 }
                 lag.insert(
                     reader.name.clone(),
-                    json!({ "behind": reader.behind, "seconds": seconds }),
+                    ReaderLag {
+                        behind: reader.behind,
+                        seconds,
+                    },
                 );
             }
         }
@@ -100,11 +164,15 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Json(json!({
-            "status": if ready { "ready" } else { "unavailable" },
-            "checks": { "database": database, "nats": nats, "lag": lag },
-            "failing": failing,
-        })),
+        Json(Readiness {
+            status: if ready { "ready" } else { "unavailable" },
+            checks: ReadinessChecks {
+                database,
+                nats,
+                lag,
+            },
+            failing,
+        }),
     )
 }
 

@@ -24,24 +24,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::{Json, Router};
-use serde_json::json;
 
-pub use meta::openapi_document;
 pub(crate) use registration::aggregate_error;
-
-/// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
-pub(crate) const PUBLIC_WRITES: [&str; 10] = [
-    "/accounts/api/registration/",
-    "/accounts/api/get/acctivation/token/",
-    "/accounts/api/get/accttivation/token/",
-    "/accounts/api/get/activation/token/",
-    "/accounts/api/verify/token/{uidb64}/{token}/",
-    "/accounts/api/login/",
-    "/accounts/api/forget/password/",
-    "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
-    "/accounts/api/token/refresh/",
-    "/accounts/api/logout/",
-];
 
 /// Every route, under its path with the trailing slash and without it.
 pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer>) -> Router {
@@ -58,7 +42,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
     .collect();
     let mut router = Router::new();
     for (path, mut method_router) in routes {
-        if let (Some(layer), true) = (&ip_limit, PUBLIC_WRITES.contains(&path)) {
+        if let (Some(layer), true) = (&ip_limit, layers::QUOTA_PATHS.contains(&path)) {
             method_router = method_router.layer(layer.clone());
         }
         router = router.route(path, method_router.clone());
@@ -67,8 +51,12 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
             router = router.route(bare, method_router);
         }
     }
+    // The document is made once; the handler that serves it gets it as an extension, so no
+    // handler depends on the module that describes the handlers.
+    let document = std::sync::Arc::new(openapi::document());
     router
-        .merge(swagger_ui())
+        .merge(swagger_ui(&document))
+        .layer(axum::Extension(document))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(method_not_allowed))
         .with_state(state)
@@ -88,12 +76,10 @@ pub fn management_router(state: AppState) -> Router {
 
 /// The interactive documentation, with its assets embedded in the binary (no outside network).
 /// Its page runs our own scripts and styles, so it gets a CSP that allows exactly those.
-fn swagger_ui() -> Router<AppState> {
+fn swagger_ui(document: &utoipa::openapi::OpenApi) -> Router<AppState> {
     Router::from(
-        utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui").url(
-            "/accounts/api/spectacular/openapi.json",
-            crate::api::openapi::document(),
-        ),
+        utoipa_swagger_ui::SwaggerUi::new("/accounts/api/spectacular/swagger-ui")
+            .url("/accounts/api/spectacular/openapi.json", document.clone()),
     )
     .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
         header::CONTENT_SECURITY_POLICY,
@@ -129,11 +115,7 @@ async fn method_not_allowed(request: Request, next: Next) -> Response {
     } else {
         method.as_str()
     };
-    let mut rewritten = (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({ "detail": format!("Method \"{shown}\" not allowed.") })),
-    )
-        .into_response();
+    let mut rewritten = error::method_not_allowed(shown);
     if let Some(allow) = allow {
         rewritten.headers_mut().insert(header::ALLOW, allow);
     }
@@ -149,6 +131,12 @@ fn is_json(response: &Response) -> bool {
 }
 
 /// The `{"msg": ...}` body of the original service.
-pub(crate) fn msg(text: impl Into<String>) -> Json<serde_json::Value> {
-    Json(json!({ "msg": text.into() }))
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Msg {
+    /// A sentence for the user.
+    pub msg: String,
+}
+
+pub(crate) fn msg(text: impl Into<String>) -> Json<Msg> {
+    Json(Msg { msg: text.into() })
 }

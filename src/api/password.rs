@@ -1,10 +1,10 @@
 //! Changing a password, and resetting a forgotten one by e-mailed link.
 
-use super::msg;
 use super::registration::{
-    aggregate_error, check_new_password, hash_error, link_base_field, password_pair,
+    aggregate_error, check_new_password, hash_error, link_base_field, password_fields,
 };
-use crate::api::body::{JsonBody, RequestMeta};
+use super::{msg, Msg};
+use crate::api::body::{Body, Form, FromBody, RequestMeta};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::AppState;
 use crate::auth::links::{parse_uidb64, Purpose};
@@ -21,7 +21,7 @@ use axum::Json;
 use chrono::Utc;
 use cqrs_es::AggregateError;
 use secrecy::SecretString;
-use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
@@ -35,19 +35,58 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[utoipa::path(post, path = "/accounts/api/change/password/", tag = "password", summary = "Change old password", security(("bearer" = [])), description = "Revokes every refresh token and access token issued before, and mails a notice.", request_body = crate::api::openapi::ChangePasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "No or bad access token", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 429, description = "Too many wrong old passwords from this source: wait `Retry-After` seconds", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
+/// The body of `change/password/`.
+#[derive(ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The current password (a wrong one is a field error, and counts as a guess).
+    #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub old_password: SecretString,
+    /// As the password of a registration.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub new_password: SecretString,
+    /// `new_password` again.
+    #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub confirm_password: SecretString,
+}
+
+impl FromBody for ChangePasswordRequest {
+    fn read(form: &mut Form, _: &AppState) -> Option<Self> {
+        let old = form.string("old_password").map(SecretString::from);
+        let (new, confirm) = password_fields(form, "new_password");
+        Some(Self {
+            old_password: old?,
+            new_password: new?,
+            confirm_password: confirm?,
+        })
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/change/password/",
+    tag = "password",
+    summary = "Change old password",
+    description = "Ends every session of the account (refresh and access tokens issued before, \
+        this one's included) and mails a notice. Wrong old passwords count against the same \
+        bound as logins (429).",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, body = Msg),
+        (status = 429, description = "Too many wrong old passwords from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
+    )
+)]
 pub(crate) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let old = form.string("old_password").map(SecretString::from);
-    let new = password_pair(&mut form, "new_password");
-    let (Some(old), Some(new)) = (old, new) else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
+    Body(body): Body<ChangePasswordRequest>,
+) -> ApiResult<Json<Msg>> {
+    let ChangePasswordRequest {
+        old_password: old,
+        new_password,
+        confirm_password,
+    } = body;
 
     // The old password is guessed against the same bound as a login: a stolen access token is
     // no guessing oracle. It is checked before the new one's policy, so that a flood of guesses
@@ -82,9 +121,17 @@ pub(crate) async fn change_password(
         ("username", user.profile.username.as_str()),
         ("email address", user.profile.email.as_str()),
     ];
-    check_new_password(&state, &mut form, "new_password", &new, &attributes).await?;
-    form.finish()?;
-    let hash = state.hasher.hash(&new.0).await.map_err(hash_error)?;
+    let mut errors = Form::default();
+    check_new_password(
+        &state,
+        &mut errors,
+        "new_password",
+        (&new_password, &confirm_password),
+        &attributes,
+    )
+    .await?;
+    errors.finish()?;
+    let hash = state.hasher.hash(&new_password).await.map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
     store::insert_credential(&state.pool, credential_id, user.user_id, &hash).await?;
     let command = UserCommand::ChangePassword {
@@ -96,22 +143,59 @@ pub(crate) async fn change_password(
     Ok(msg("Password changed successfully!"))
 }
 
-#[utoipa::path(post, path = "/accounts/api/forget/password/", tag = "password", summary = "Forget reset password link", description = "Mails a reset link `<verification_base_url><uidb64>/<token>/` (the configured default base when absent); the front end serving it POSTs the new password to `/accounts/api/set/new/forget/password/{uidb64}/{token}/`. The same answer whether or not the address is registered.", request_body = crate::api::openapi::ForgotPasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
+/// The body of `forget/password/`.
+#[derive(ToSchema)]
+pub struct ForgotPasswordRequest {
+    #[schema(value_type = String, format = Email, max_length = 254, example = "krishna@example.com")]
+    pub email: Email,
+    /// As in registration; `DEFAULT_LINK_BASE_URL` when absent.
+    #[schema(
+        nullable = false,
+        pattern = "^https?://",
+        example = "http://localhost:3000/reset-password/"
+    )]
+    pub verification_base_url: Option<String>,
+}
+
+impl FromBody for ForgotPasswordRequest {
+    fn read(form: &mut Form, state: &AppState) -> Option<Self> {
+        let email = form.parsed("email", Email::parse);
+        let base = link_base_field(
+            state,
+            form,
+            Some(state.settings.default_link_base_url.as_str()),
+        );
+        Some(Self {
+            email: email?,
+            verification_base_url: Some(base?),
+        })
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/forget/password/",
+    tag = "password",
+    summary = "Forget reset password link",
+    description = "Mails a reset link `<verification_base_url><uidb64>/<token>/` to a registered \
+        address. The front end serving that URL asks for the new password and POSTs it with \
+        `uidb64` and `token` to `/accounts/api/set/new/forget/password/{uidb64}/{token}/`. The \
+        same answer whether or not the address is registered; a new link makes older ones \
+        invalid.",
+    request_body = ForgotPasswordRequest,
+    responses((status = 200, body = Msg))
+)]
 pub(crate) async fn forgot_password(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let email = form.parsed("email", Email::parse);
-    let base = link_base_field(
-        &state,
-        &mut form,
-        Some(state.settings.default_link_base_url.as_str()),
-    );
-    let (Some(email), Some(base)) = (email, base) else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
+    Body(body): Body<ForgotPasswordRequest>,
+) -> ApiResult<Json<Msg>> {
+    let ForgotPasswordRequest {
+        email,
+        verification_base_url,
+    } = body;
+    let base =
+        verification_base_url.unwrap_or_else(|| state.settings.default_link_base_url.clone());
     state.issue_link_in_background(
         &email,
         base,
@@ -130,17 +214,51 @@ fn invalid_reset() -> ApiError {
     )
 }
 
-#[utoipa::path(post, path = "/accounts/api/set/new/forget/password/{uidb64}/{token}/", tag = "password", summary = "Set new forget password", description = "The mailed reset link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here with the new password. Revokes every session, mails a notice, activates an inactive account; does not log in.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), request_body = crate::api::openapi::SetNewPasswordRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors, or an invalid, expired, used or superseded link (code invalid_token)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
+/// The body of `set/new/forget/password/{uidb64}/{token}/`.
+#[derive(ToSchema)]
+pub struct SetNewPasswordRequest {
+    /// As the password of a registration.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub new_password: SecretString,
+    /// `new_password` again.
+    #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub confirm_password: SecretString,
+}
+
+impl FromBody for SetNewPasswordRequest {
+    fn read(form: &mut Form, _: &AppState) -> Option<Self> {
+        let (new, confirm) = password_fields(form, "new_password");
+        Some(Self {
+            new_password: new?,
+            confirm_password: confirm?,
+        })
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+    tag = "password",
+    summary = "Set new forget password",
+    description = "The mailed reset link is `<verification_base_url><uidb64>/<token>/`: the \
+        front end POSTs its two last path segments here with the new password. Ends every \
+        session, mails a notice, activates an account not yet activated; it does not log in.",
+    params(
+        ("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id, from the mailed link"),
+        ("token" = String, Path, description = "The single-use token from the mailed link"),
+    ),
+    request_body = SetNewPasswordRequest,
+    responses(
+        (status = 200, body = Msg),
+        (status = 400, description = "Field errors, or an invalid, expired, used or superseded link (code `invalid_token`)", body = crate::api::error::BadRequest),
+    )
+)]
 pub(crate) async fn set_new_password(
     State(state): State<AppState>,
     meta: RequestMeta,
     Path((uidb64, token)): Path<(String, String)>,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let Some(pair) = password_pair(&mut form, "new_password") else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
+    Body(body): Body<SetNewPasswordRequest>,
+) -> ApiResult<Json<Msg>> {
     let user_id = parse_uidb64(&uidb64).ok_or_else(invalid_reset)?;
     let request_id = state
         .links
@@ -160,10 +278,22 @@ pub(crate) async fn set_new_password(
         ("username", account.username.as_str()),
         ("email address", account.email.as_str()),
     ];
-    check_new_password(&state, &mut form, "new_password", &pair, &attributes).await?;
-    form.finish()?;
+    let mut errors = Form::default();
+    check_new_password(
+        &state,
+        &mut errors,
+        "new_password",
+        (&body.new_password, &body.confirm_password),
+        &attributes,
+    )
+    .await?;
+    errors.finish()?;
 
-    let hash = state.hasher.hash(&pair.0).await.map_err(hash_error)?;
+    let hash = state
+        .hasher
+        .hash(&body.new_password)
+        .await
+        .map_err(hash_error)?;
     let credential_id = Uuid::new_v4();
     store::insert_credential(&state.pool, credential_id, user_id, &hash).await?;
     let command = UserCommand::ResetPassword {

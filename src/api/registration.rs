@@ -1,7 +1,7 @@
 //! Registration, resend of the activation link, activation.
 
-use super::msg;
-use crate::api::body::{Form, JsonBody, RequestMeta};
+use super::{msg, Msg};
+use crate::api::body::{Body, Form, FromBody, RequestMeta};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::AppState;
 use crate::auth::links::{parse_uidb64, Purpose};
@@ -17,7 +17,7 @@ use axum::Json;
 use chrono::{Duration, Utc};
 use cqrs_es::AggregateError;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
@@ -42,6 +42,67 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
+/// The body of `registration/`.
+#[derive(ToSchema)]
+pub struct RegistrationRequest {
+    /// Letters, digits and `@.+-_` (after NFKC normalisation), of one script; unique in its
+    /// case-folded, confusable-free form.
+    #[schema(value_type = String, min_length = 1, max_length = 150, pattern = "^[\\w.@+-]+$", example = "krishna")]
+    pub username: Username,
+    /// A deliverable address (dot-atom local part, a DNS host name); unique case-insensitively.
+    #[schema(value_type = String, format = Email, max_length = 254, example = "krishna@example.com")]
+    pub email: Email,
+    /// 8–1024 characters; not entirely numeric, not common, not similar to the username or the
+    /// e-mail address (else field errors).
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "correct horse battery staple")]
+    pub password: SecretString,
+    /// The same password again (else a `non_field_errors` error).
+    #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "correct horse battery staple")]
+    pub confirm_password: SecretString,
+    /// An absolute http(s) URL whose origin is in `ALLOWED_LINK_ORIGINS`; the mailed link is this
+    /// followed by `<uidb64>/<token>/`.
+    #[schema(pattern = "^https?://", example = "http://localhost:3000/activate/")]
+    pub verification_base_url: String,
+}
+
+impl FromBody for RegistrationRequest {
+    fn read(form: &mut Form, state: &AppState) -> Option<Self> {
+        let username = form.parsed("username", Username::parse);
+        let email = form.parsed("email", Email::parse);
+        let (password, confirm_password) = password_fields(form, "password");
+        let base = link_base_field(state, form, None);
+        Some(Self {
+            username: username?,
+            email: email?,
+            password: password?,
+            confirm_password: confirm_password?,
+            verification_base_url: base?,
+        })
+    }
+}
+
+/// The body of `get/acctivation/token/` and its two other spellings.
+#[derive(ToSchema)]
+pub struct ResendActivationRequest {
+    /// The address the account registered with.
+    #[schema(value_type = String, format = Email, max_length = 254, example = "krishna@example.com")]
+    pub email: Email,
+    /// As in registration.
+    #[schema(pattern = "^https?://", example = "http://localhost:3000/activate/")]
+    pub verification_base_url: String,
+}
+
+impl FromBody for ResendActivationRequest {
+    fn read(form: &mut Form, state: &AppState) -> Option<Self> {
+        let email = form.parsed("email", Email::parse);
+        let base = link_base_field(state, form, None);
+        Some(Self {
+            email: email?,
+            verification_base_url: base?,
+        })
+    }
+}
+
 const LINK_BASE_ERROR: &str =
     "Enter a valid URL whose origin is allowed for links (an absolute http or https URL).";
 
@@ -62,11 +123,14 @@ pub fn link_base_field(state: &AppState, form: &mut Form, default: Option<&str>)
     base
 }
 
-/// Reads a new password and its confirmation (`confirm_password`).
-pub fn password_pair(form: &mut Form, field: &str) -> Option<(SecretString, SecretString)> {
+/// Reads a new password (under `field`) and its confirmation (`confirm_password`).
+pub fn password_fields(
+    form: &mut Form,
+    field: &str,
+) -> (Option<SecretString>, Option<SecretString>) {
     let password = form.string(field).map(SecretString::from);
     let confirm = form.string("confirm_password").map(SecretString::from);
-    Some((password?, confirm?))
+    (password, confirm)
 }
 
 /// Applies the password policy under `field`, then the confirmation check, as Django does. The
@@ -75,7 +139,7 @@ pub async fn check_new_password(
     state: &AppState,
     form: &mut Form,
     field: &str,
-    (password, confirm): &(SecretString, SecretString),
+    (password, confirm): (&SecretString, &SecretString),
     attributes: &[(&str, &str)],
 ) -> ApiResult<()> {
     let candidate = password.clone();
@@ -106,20 +170,6 @@ pub async fn check_new_password(
     Ok(())
 }
 
-/// Reads a new password and its confirmation and checks them.
-pub async fn new_password_fields(
-    state: &AppState,
-    form: &mut Form,
-    field: &str,
-    attributes: &[(&str, &str)],
-) -> ApiResult<Option<SecretString>> {
-    let Some(pair) = password_pair(form, field) else {
-        return Ok(None);
-    };
-    check_new_password(state, form, field, &pair, attributes).await?;
-    Ok(Some(pair.0))
-}
-
 pub(crate) fn hash_error(error: crate::auth::password::HashError) -> ApiError {
     match error {
         crate::auth::password::HashError::Busy => ApiError::Overloaded {
@@ -145,26 +195,47 @@ pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-#[utoipa::path(post, path = "/accounts/api/registration/", tag = "registration", summary = "New user registration", description = "Mails an activation link: `verification_base_url` + `<uidb64>/<token>/`. The front end serving that URL takes `uidb64` and `token` from it and POSTs them to `/accounts/api/verify/token/{uidb64}/{token}/`.", request_body = crate::api::openapi::RegistrationRequest, responses((status = 201, description = "Registered, or the address was registered already (then the owner is mailed a notice instead)", body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail), (status = 503, description = "Password hashing saturated; see Retry-After", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    post,
+    path = "/accounts/api/registration/",
+    tag = "registration",
+    summary = "New user registration",
+    description = "Creates an inactive account and mails an activation link: \
+        `verification_base_url` + `<uidb64>/<token>/`. The front end serving that URL takes \
+        `uidb64` and `token` from it and POSTs them to \
+        `/accounts/api/verify/token/{uidb64}/{token}/` (see `links`). An address registered \
+        already gets the same answer, and its owner a notice instead.",
+    request_body = RegistrationRequest,
+    responses(
+        (status = 201, description = "Registered (or the address was registered already)", body = Msg),
+    )
+)]
 pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let username = form.parsed("username", Username::parse);
-    let email = form.parsed("email", Email::parse);
+    Body(body): Body<RegistrationRequest>,
+) -> ApiResult<(StatusCode, Json<Msg>)> {
+    let RegistrationRequest {
+        username,
+        email,
+        password,
+        confirm_password,
+        verification_base_url: base,
+    } = body;
     let attributes = [
-        ("username", username.as_ref().map_or("", |u| u.as_str())),
-        ("email address", email.as_ref().map_or("", |e| e.as_str())),
+        ("username", username.as_str()),
+        ("email address", email.as_str()),
     ];
-    let password = new_password_fields(&state, &mut form, "password", &attributes).await?;
-    let base = link_base_field(&state, &mut form, None);
-    let (Some(username), Some(email), Some(password), Some(base)) =
-        (username, email, password, base)
-    else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
+    let mut errors = Form::default();
+    check_new_password(
+        &state,
+        &mut errors,
+        "password",
+        (&password, &confirm_password),
+        &attributes,
+    )
+    .await?;
+    errors.finish()?;
 
     let created = (
         StatusCode::CREATED,
@@ -219,18 +290,27 @@ fn notify_owner(state: &AppState, email: &Email, meta: &RequestMeta) {
     );
 }
 
-#[utoipa::path(post, path = "/accounts/api/get/acctivation/token/", tag = "registration", summary = "Get new account activation token", description = "Also served at `/accounts/api/get/accttivation/token/` and `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only an existing inactive account is mailed a new link, which makes every older link invalid.", request_body = crate::api::openapi::ResendActivationRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    post,
+    path = "/accounts/api/get/acctivation/token/",
+    tag = "registration",
+    summary = "Get new account activation token",
+    description = "Also served at `/accounts/api/get/accttivation/token/` and \
+        `/accounts/api/get/activation/token/`. The same answer for every well-formed body; only \
+        an existing inactive account is mailed a new link (as in registration), which makes \
+        every older link invalid.",
+    request_body = ResendActivationRequest,
+    responses((status = 200, body = Msg))
+)]
 pub(crate) async fn resend_activation(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(mut form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let email = form.parsed("email", Email::parse);
-    let base = link_base_field(&state, &mut form, None);
-    let (Some(email), Some(base)) = (email, base) else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
+    Body(body): Body<ResendActivationRequest>,
+) -> ApiResult<Json<Msg>> {
+    let ResendActivationRequest {
+        email,
+        verification_base_url: base,
+    } = body;
     state.issue_link_in_background(
         &email,
         base,
@@ -249,12 +329,28 @@ fn invalid_activation() -> ApiError {
     )
 }
 
-#[utoipa::path(post, path = "/accounts/api/verify/token/{uidb64}/{token}/", tag = "registration", summary = "Activate user account by email verification", description = "The mailed activation link is `<verification_base_url><uidb64>/<token>/`: POST its two last path segments here. GET is 405, so mail scanners that open links activate nothing.", params(("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id"), ("token" = String, Path, description = "Single-use token from the mail")), responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Invalid, expired, used or superseded link (code invalid_token)", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    post,
+    path = "/accounts/api/verify/token/{uidb64}/{token}/",
+    tag = "registration",
+    summary = "Activate user account by email verification",
+    description = "The mailed activation link is `<verification_base_url><uidb64>/<token>/`: \
+        the front end POSTs its two last path segments here, with no body. GET is 405, so mail \
+        scanners that open links activate nothing. After it, the account logs in.",
+    params(
+        ("uidb64" = String, Path, description = "Unpadded url-safe base64 of the user id, from the mailed link"),
+        ("token" = String, Path, description = "The single-use token from the mailed link"),
+    ),
+    responses(
+        (status = 200, body = Msg),
+        (status = 400, description = "Invalid, expired, used or superseded link (code `invalid_token`)", body = crate::api::error::BadRequest),
+    )
+)]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     meta: RequestMeta,
     Path((uidb64, token)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Msg>> {
     let user_id = parse_uidb64(&uidb64).ok_or_else(invalid_activation)?;
     let request_id = state
         .links

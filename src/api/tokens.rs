@@ -1,9 +1,9 @@
 //! Refresh-token rotation, logout, and the public keys of our access tokens.
 
-use super::account::token_pair;
-use super::msg;
+use super::account::{token_pair, TokenPair};
 use super::registration::aggregate_error;
-use crate::api::body::{Form, JsonBody, RequestMeta};
+use super::{msg, Msg};
+use crate::api::body::{Body, Form, FromBody, RequestMeta};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::AppState;
 use aggregates::session::{SessionCommand, SessionError};
@@ -12,7 +12,8 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use chrono::{Duration, Utc};
 use cqrs_es::AggregateError;
-use serde_json::Value;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
@@ -22,13 +23,53 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[utoipa::path(post, path = "/accounts/api/token/refresh/", tag = "session", description = "Rotation: the presented token is spent. Presenting a spent token again revokes the whole chain (401), except an immediate retry of the last rotation, which gets the same answer again.", request_body = crate::api::openapi::RefreshRequest, responses((status = 200, body = crate::api::openapi::TokenResponse), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Invalid, expired, spent or revoked (code token_not_valid)", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
+/// The body of `token/refresh/` and `logout/`. A value that is not a refresh token of ours is
+/// 401 (`token_not_valid`), as a spent or revoked one is.
+#[derive(ToSchema)]
+pub struct RefreshRequest {
+    #[schema(value_type = String, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
+    pub refresh_token: RefreshToken,
+}
+
+/// A refresh token read from a body: genuine (its session and generation) or not.
+pub struct RefreshToken(Option<(uuid::Uuid, u32)>);
+
+impl RefreshToken {
+    /// The session and generation it names: 401 when it is not a refresh token of ours.
+    fn genuine(&self) -> ApiResult<(uuid::Uuid, u32)> {
+        self.0.ok_or(ApiError::InvalidToken)
+    }
+}
+
+impl FromBody for RefreshRequest {
+    fn read(form: &mut Form, state: &AppState) -> Option<Self> {
+        let token = form.string("refresh_token")?;
+        Some(Self {
+            refresh_token: RefreshToken(state.links.verify_refresh(&token)),
+        })
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/token/refresh/",
+    tag = "session",
+    summary = "Get a new token pair",
+    description = "Rotation: the presented refresh token is spent and a new pair is answered. \
+        Presenting a spent token again revokes the whole session (401), except an immediate \
+        retry of the last rotation (`REFRESH_REUSE_GRACE`), which gets the same answer again.",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, body = TokenPair),
+        (status = 401, description = "Not a refresh token of ours, or expired, spent or revoked (code `token_not_valid`)", body = crate::api::error::ErrorDetail),
+    )
+)]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let (session_id, generation) = refresh_token_field(&state, form)?;
+    Body(body): Body<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let (session_id, generation) = body.refresh_token.genuine()?;
     let id = session_id.to_string();
     let session = state.sessions.load(&id).await.map_err(aggregate_error)?;
     let user_id = session.user_id.ok_or(ApiError::InvalidToken)?;
@@ -55,7 +96,7 @@ pub(crate) async fn refresh(
         // A spent token came back: the chain is revoked.
         return Err(ApiError::InvalidToken);
     }
-    let body = token_pair(
+    let tokens = token_pair(
         &state,
         user_id,
         session_id,
@@ -63,16 +104,28 @@ pub(crate) async fn refresh(
         epoch,
         done.state.started_at,
     )?;
-    Ok(Json(Value::Object(body)))
+    Ok(Json(tokens))
 }
 
-#[utoipa::path(post, path = "/accounts/api/logout/", tag = "session", request_body = crate::api::openapi::RefreshRequest, responses((status = 200, body = crate::api::openapi::Msg), (status = 400, description = "Field errors", body = crate::api::openapi::ValidationErrors), (status = 401, description = "Not a refresh token of ours", body = crate::api::openapi::ErrorDetail), (status = 415, description = "Not JSON", body = crate::api::openapi::ErrorDetail), (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorDetail)))]
+#[utoipa::path(
+    post,
+    path = "/accounts/api/logout/",
+    tag = "session",
+    summary = "Log out",
+    description = "Ends the session of the refresh token: it and the session's access tokens \
+        stop working at once. Ending a session that has ended already is no error.",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, body = Msg),
+        (status = 401, description = "Not a refresh token of ours (code `token_not_valid`)", body = crate::api::error::ErrorDetail),
+    )
+)]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
-    JsonBody(form): JsonBody,
-) -> ApiResult<Json<Value>> {
-    let (session_id, _) = refresh_token_field(&state, form)?;
+    Body(body): Body<RefreshRequest>,
+) -> ApiResult<Json<Msg>> {
+    let (session_id, _) = body.refresh_token.genuine()?;
     let command = SessionCommand::Logout { now: Utc::now() };
     match state
         .sessions
@@ -85,20 +138,26 @@ pub(crate) async fn logout(
     }
 }
 
-/// The `(session, generation)` of the body's `refresh_token`: 400 when missing, 401 when it is
-/// not a genuine refresh token of ours.
-fn refresh_token_field(state: &AppState, mut form: Form) -> ApiResult<(uuid::Uuid, u32)> {
-    let Some(token) = form.string("refresh_token") else {
-        return Err(form.into_error());
-    };
-    form.finish()?;
-    state
-        .links
-        .verify_refresh(&token)
-        .ok_or(ApiError::InvalidToken)
+/// A JSON Web Key Set.
+#[derive(Serialize, ToSchema)]
+pub struct Jwks {
+    /// The published keys: `{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+    /// "kid": ..., "x": ...}`.
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<serde_json::Value>,
 }
 
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "session", responses((status = 200, description = "JSON Web Key Set (OKP / Ed25519) that verifies access tokens")))]
-pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {
-    Json(state.keys.jwks())
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "session",
+    summary = "Get the keys that verify access tokens",
+    description = "Match an access token's `kid` header; keys rotate (a new key is published \
+        `KEY_ROTATION_DELAY` seconds before it signs).",
+    responses((status = 200, body = Jwks))
+)]
+pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Jwks> {
+    Json(Jwks {
+        keys: state.keys.jwks(),
+    })
 }

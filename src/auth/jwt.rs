@@ -253,7 +253,7 @@ impl Keys {
     }
 
     /// The JSON Web Key Set of every published key.
-    pub fn jwks(&self) -> Value {
+    pub fn jwks(&self) -> Vec<Value> {
         let now = Utc::now();
         let keys: Vec<Value> = self
             .keys
@@ -274,7 +274,7 @@ impl Keys {
                     .collect()
             })
             .unwrap_or_default();
-        json!({ "keys": keys })
+        keys
     }
 }
 

@@ -370,36 +370,13 @@ async fn after_a_worker_died_mid_batch_the_example_keeps_per_aggregate_order() {
     }
 }
 
-/// A Python with nats-py and jsonschema for the Python example: a venv made once per machine
-/// (like Chromium for the Swagger UI test, installed on first use), pinned versions.
+/// A Python with nats-py and jsonschema for the Python example (pinned, made once per machine).
 fn python_for_examples() -> std::path::PathBuf {
-    static READY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = READY.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = std::path::Path::new("/var/tmp/accounts-examples-venv-1");
-    let python = venv.join("bin/python");
-    let marker = venv.join("installed");
-    if !marker.exists() {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .unwrap();
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = std::process::Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "nats-py==2.16.0",
-                "jsonschema==4.26.0",
-            ])
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install failed");
-        std::fs::write(&marker, "nats-py==2.16.0 jsonschema==4.26.0\n").unwrap();
-    }
-    python
+    crate::helpers::python_venv(
+        "accounts-examples-venv-1",
+        &["nats-py==2.16.0", "jsonschema==4.26.0"],
+    )
+    .join("bin/python")
 }
 
 /// Every event type a worker can receive, through the Python example: replayed from the start,

@@ -8,6 +8,7 @@ mod analytics;
 mod attacks;
 mod bad_input;
 mod concurrency;
+mod contract;
 mod events;
 mod flow;
 mod history;

@@ -196,6 +196,17 @@ impl TestApp {
             .expect("text")
     }
 
+    /// The OpenAPI document the service serves.
+    pub async fn openapi(&self) -> Value {
+        let response = self
+            .client
+            .get(self.url("/accounts/api/spectacular/"))
+            .send()
+            .await
+            .expect("request");
+        json_of(response, StatusCode::OK).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -426,4 +437,30 @@ pub async fn json_of(response: Response, status: StatusCode) -> Value {
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert_eq!(actual, status, "unexpected status; body: {body}");
     body
+}
+
+/// A Python venv under `/var/tmp/<name>` with `packages` (pinned, from the package index), made
+/// on first use like Chromium for the Swagger UI test; returns the venv's directory.
+pub fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
+    static READY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = READY.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = std::path::Path::new("/var/tmp").join(name);
+    let marker = venv.join("installed");
+    let wanted = packages.join(" ") + "\n";
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/python"))
+            .args(["-m", "pip", "install", "-q"])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {packages:?} failed");
+        std::fs::write(&marker, wanted).unwrap();
+    }
+    venv
 }

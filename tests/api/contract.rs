@@ -1,0 +1,329 @@
+//! The OpenAPI document is the contract clients compile against: its operations are the router's,
+//! the statuses it documents are the ones the service answers, and Schemathesis (all checks)
+//! finds no disagreement between the two.
+
+use crate::helpers::{json_of, python_venv, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The statuses each operation can answer, as API.md and the service's design say: a JSON body
+/// brings 400, 413 and 415; a Bearer token 401; the per-IP quota or the guessing bound 429; the
+/// database or the hashing pool behind it 503. Written out here, not derived from the document,
+/// so that a change to either the document or the service that breaks the contract fails.
+fn contract() -> BTreeMap<(&'static str, &'static str), Vec<u16>> {
+    let public_body = [200, 400, 413, 415, 429, 503];
+    let resend = public_body.to_vec();
+    BTreeMap::from([
+        (
+            ("post", "/accounts/api/registration/"),
+            vec![201, 400, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/get/acctivation/token/"),
+            resend.clone(),
+        ),
+        (
+            ("post", "/accounts/api/get/accttivation/token/"),
+            resend.clone(),
+        ),
+        (("post", "/accounts/api/get/activation/token/"), resend),
+        (
+            ("post", "/accounts/api/verify/token/{uidb64}/{token}/"),
+            vec![200, 400, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/login/"),
+            vec![200, 400, 401, 403, 413, 415, 429, 503],
+        ),
+        (("get", "/accounts/api/dashboard/"), vec![200, 401, 503]),
+        (("get", "/accounts/api/history/"), vec![200, 400, 401, 503]),
+        (("get", "/accounts/api/get/profile/"), vec![200, 401, 503]),
+        (
+            ("post", "/accounts/api/update/profile/"),
+            vec![200, 400, 401, 413, 415, 503],
+        ),
+        (
+            ("post", "/accounts/api/change/password/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/forget/password/"),
+            public_body.to_vec(),
+        ),
+        (
+            (
+                "post",
+                "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
+            ),
+            public_body.to_vec(),
+        ),
+        (
+            ("post", "/accounts/api/token/refresh/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/logout/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (("get", "/.well-known/jwks.json"), vec![200]),
+        (("get", "/accounts/api/spectacular/"), vec![200]),
+        (("get", "/healthz"), vec![200]),
+        (("get", "/readyz"), vec![200, 503]),
+    ])
+}
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// `(method, path)` → documented statuses.
+fn documented(document: &Value) -> BTreeMap<(String, String), BTreeSet<u16>> {
+    let mut operations = BTreeMap::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if let Some(operation) = item.get(method) {
+                let statuses = operation["responses"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|status| status.parse::<u16>().unwrap())
+                    .collect();
+                operations.insert((method.to_owned(), path.clone()), statuses);
+            }
+        }
+    }
+    operations
+}
+
+/// A concrete path for a templated one.
+fn concrete(path: &str) -> String {
+    path.replace("{uidb64}", "AAAAAAAAAAAAAAAAAAAAAA")
+        .replace("{token}", "not-a-token")
+}
+
+#[tokio::test]
+async fn the_document_lists_the_router_operations_with_the_statuses_they_answer() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("contract", "contract@example.com").await;
+    let document = app.openapi().await;
+    let operations = documented(&document);
+
+    // The document says what the contract says.
+    let expected: BTreeMap<(String, String), BTreeSet<u16>> = contract()
+        .into_iter()
+        .map(|((method, path), statuses)| {
+            (
+                (method.to_owned(), path.to_owned()),
+                statuses.into_iter().collect(),
+            )
+        })
+        .collect();
+    assert_eq!(operations, expected);
+
+    // The router serves exactly the documented methods on each documented path: any other is
+    // a JSON 405 whose `Allow` names the documented ones.
+    let mut answered: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
+    let paths: BTreeSet<&String> = operations.keys().map(|(_, path)| path).collect();
+    for path in paths {
+        let url = app.url(&concrete(path));
+        let allowed: BTreeSet<&str> = METHODS
+            .into_iter()
+            .filter(|m| operations.contains_key(&(m.to_string(), path.clone())))
+            .collect();
+        for method in METHODS {
+            let response = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .send()
+                .await
+                .unwrap();
+            if allowed.contains(method) {
+                assert_ne!(response.status(), 405, "{method} {path}");
+                let status = response.status().as_u16();
+                answered
+                    .entry((method.to_owned(), path.clone()))
+                    .or_default()
+                    .insert(status);
+            } else {
+                assert_eq!(response.status(), 405, "{method} {path}");
+                let allow = response.headers()["allow"].to_str().unwrap().to_lowercase();
+                let allow: BTreeSet<&str> = allow
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| *m != "head")
+                    .collect();
+                assert_eq!(allow, allowed, "Allow of {path}");
+                let body: Value = response.json().await.unwrap();
+                assert!(body["detail"].is_string(), "{body}");
+            }
+        }
+    }
+
+    // Each operation, probed with what a client can get wrong, answers only documented
+    // statuses, each with a JSON body.
+    for ((method, path), statuses) in &operations {
+        let url = app.url(&concrete(path));
+        let request = |token: Option<&str>| {
+            let builder = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), &url);
+            match token {
+                Some(token) => builder.bearer_auth(token),
+                None => builder,
+            }
+        };
+        let secured = document["paths"][path][method]["security"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty());
+        let token = secured.then_some(access.as_str());
+        let mut probes = vec![
+            request(token),
+            request(Some("not.a.token")),
+            request(token).query(&[("limit", "0"), ("cursor", "x")]),
+        ];
+        if method == "post" {
+            probes.extend([
+                request(token)
+                    .header("content-type", "application/json")
+                    .body("{not json"),
+                request(token)
+                    .header("content-type", "application/json")
+                    .body("[]"),
+                request(token).json(&json!({})),
+                request(token)
+                    .json(&json!({"email": 1, "refresh_token": null, "new_password": "x"})),
+                request(token).json(&json!({"email": "contract@example.com",
+                    "password": "wrong password", "refresh_token": "bogus"})),
+                request(token)
+                    .header("content-type", "text/plain")
+                    .body("{}"),
+                request(token)
+                    .header("content-type", "application/json")
+                    .body(vec![b' '; 70 * 1024]),
+            ]);
+        }
+        for probe in probes {
+            let response = probe.send().await.unwrap();
+            let status = response.status().as_u16();
+            assert!(
+                statuses.contains(&status),
+                "{method} {path} answered {status}, documented {statuses:?}"
+            );
+            if path != "/accounts/api/spectacular/" {
+                let body: Value = response.json().await.unwrap();
+                assert!(body.is_object(), "{method} {path} {status}: {body}");
+            }
+            answered
+                .entry((method.clone(), path.clone()))
+                .or_default()
+                .insert(status);
+        }
+    }
+    // The probes reached the body and token checks of every operation that has them.
+    for ((method, path), statuses) in &operations {
+        let seen = &answered[&(method.clone(), path.clone())];
+        for status in [400, 401, 413, 415] {
+            if statuses.contains(&status) {
+                assert!(
+                    seen.contains(&status),
+                    "{method} {path} never answered {status}"
+                );
+            }
+        }
+    }
+}
+
+/// Every operation the document says is under the per-IP quota answers 429 past it.
+#[tokio::test]
+async fn every_operation_documented_with_429_answers_it_past_the_quota() {
+    let app = TestApp::spawn_with(|s| {
+        s.ip_rate_per_minute = 1;
+        s.ip_rate_burst = 1;
+    })
+    .await;
+    let document = app.openapi().await;
+    for ((method, path), statuses) in documented(&document) {
+        if !statuses.contains(&429) || path.contains("change/password") {
+            continue; // change/password: only the guessing bound (tests in attacks.rs)
+        }
+        let url = app.url(&concrete(&path));
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            let response = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            seen.insert(response.status().as_u16());
+        }
+        assert!(seen.contains(&429), "{method} {path}: {seen:?}");
+    }
+}
+
+/// Schemathesis, as a client's QA would run it: every operation, all checks, a real Bearer token,
+/// the account the document's examples name. The run must find nothing. Pinned, installed from
+/// the package index into a venv on first use. Its configuration is tests/api/schemathesis.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_disagreement_between_the_document_and_the_service() {
+    let app = TestApp::spawn_with(|s| {
+        s.allowed_link_origins = vec!["http://app.test".into(), "http://localhost:3000".into()];
+        // Generated cases must reach the handlers; the bounds have tests of their own.
+        s.login_failure_limit = 1_000_000;
+        s.login_shared_failure_limit = 1_000_000;
+    })
+    .await;
+    // The account of the document's examples.
+    let (access, _) = app.active_user("krishna", "krishna@example.com").await;
+    let email = "krishna@example.com";
+    json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+
+    let venv = tokio::task::spawn_blocking(|| {
+        python_venv("accounts-schemathesis-4.32.5", &["schemathesis==4.32.5"])
+    })
+    .await
+    .unwrap();
+    let work = scratch_dir();
+    let cleanup = work.clone();
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/schemathesis.toml");
+    let schema = app.url("/accounts/api/spectacular/openapi.json");
+    let examples = std::env::var("SCHEMATHESIS_MAX_EXAMPLES").unwrap_or_else(|_| "100".into());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(venv.join("bin/st"))
+            .arg("--config-file")
+            .arg(config)
+            .args([
+                "run",
+                &schema,
+                "--checks",
+                "all",
+                "--seed",
+                "1",
+                "--no-color",
+            ])
+            .args(["--max-examples", &examples])
+            .args(["--header", &format!("Authorization: Bearer {access}")])
+            // Schemathesis replays failures cached in its working directory: a scratch one
+            // keeps each run independent of the last.
+            .current_dir(&work)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("Tested: 19"), "{report}");
+    let _ = std::fs::remove_dir_all(cleanup);
+}
+
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("accounts-st-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
