@@ -208,6 +208,11 @@ async fn the_document_lists_the_router_operations_with_the_statuses_they_answer(
                 statuses.contains(&status),
                 "{method} {path} answered {status}, documented {statuses:?}"
             );
+            assert_eq!(
+                response.headers()["x-content-type-options"],
+                "nosniff",
+                "{method} {path} {status} without the security headers"
+            );
             if path != "/accounts/api/spectacular/" {
                 let body: Value = response.json().await.unwrap();
                 assert!(body.is_object(), "{method} {path} {status}: {body}");
