@@ -121,7 +121,12 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 UserEvent::PasswordReset { reset_at, .. } => {
                     ("password_reset", reset_at, json!({}))
                 }
-                UserEvent::DuplicateRegistrationAttempted { .. } => return Ok(None),
+                UserEvent::ActivationRefused {
+                    refused_at, reason, ..
+                } => ("activation_refused", refused_at, json!({"reason": reason})),
+                UserEvent::DuplicateRegistrationAttempted { attempted_at, .. } => {
+                    ("duplicate_registration_attempted", attempted_at, json!({}))
+                }
             };
             Some(Entry {
                 user_id,
@@ -165,6 +170,16 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 SessionEvent::LoginFailed { user_id, failed_at } => {
                     (user_id, "login_failed", failed_at, json!({}))
                 }
+                SessionEvent::LoginRefused {
+                    user_id,
+                    reason,
+                    refused_at,
+                } => (
+                    user_id,
+                    "login_refused",
+                    refused_at,
+                    json!({"reason": reason}),
+                ),
                 SessionEvent::Revoked {
                     user_id,
                     revoked_at,

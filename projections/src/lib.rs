@@ -4,6 +4,7 @@
 //! - [`runner`]: the [`Projector`] trait and the loop that drives one projector.
 //! - [`profile`]: the profile read model (also what token checks read).
 //! - [`history`]: the user-history read model.
+//! - [`activity`]: active users per day, week and month, for the analysts' views.
 //! - [`rebuild`]: rebuilding a read model without a window of emptiness; readers' status.
 //!
 //! A projector writes its rows and its checkpoint in one transaction, so it resumes exactly where
@@ -11,6 +12,7 @@
 //! lock serialises them.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod activity;
 pub mod history;
 pub mod profile;
 pub mod reader;
@@ -25,10 +27,11 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![
         std::sync::Arc::new(profile::ProfileProjector::live()),
         std::sync::Arc::new(history::HistoryProjector::live()),
+        std::sync::Arc::new(activity::ActivityProjector::live()),
     ]
 }
 
-/// The live projector called `name` (`profile`, `history`).
+/// The live projector called `name` (`profile`, `history`, `activity`).
 pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn Projector>> {
     all().into_iter().find(|p| p.name() == name)
 }

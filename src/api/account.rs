@@ -8,7 +8,7 @@ use crate::api::state::AppState;
 use crate::auth::throttle::source_of;
 use crate::auth::AuthUser;
 use crate::store;
-use aggregates::session::SessionCommand;
+use aggregates::session::{LoginRefusal, SessionCommand};
 use aggregates::values::Email;
 use aggregates::User;
 use axum::extract::{RawQuery, State};
@@ -146,15 +146,31 @@ pub(crate) async fn login(
     let Some(user) = user.filter(|_| ok) else {
         // Counted at admission: nothing more to record for the bound.
         if let Some(user_id) = known {
-            record_failure(&state, user_id, meta.clone());
+            record_session_event(
+                &state,
+                SessionCommand::RecordFailedLogin {
+                    user_id,
+                    now: Utc::now(),
+                },
+                meta.clone(),
+            );
         }
         return Err(invalid_credentials());
     };
     let (Some(user_id), true) = (user.id, user.is_active) else {
         state.throttle.succeeded(&account, &source).await?;
-        if user.id.is_none() {
+        let Some(user_id) = user.id else {
             return Err(invalid_credentials());
-        }
+        };
+        record_session_event(
+            &state,
+            SessionCommand::RecordRefusedLogin {
+                user_id,
+                reason: LoginRefusal::Inactive,
+                now: Utc::now(),
+            },
+            meta,
+        );
         return Err(ApiError::detail(
             StatusCode::FORBIDDEN,
             "account_inactive",
@@ -235,18 +251,14 @@ async fn verify_login(
     Ok((user, ok))
 }
 
-/// Records a failed login for the owner's history, off the response path so that a known
-/// address answers as fast as an unknown one.
-fn record_failure(state: &AppState, user_id: Uuid, meta: RequestMeta) {
+/// Records a failed or refused login for the owner's history, in a stream of its own and off
+/// the response path, so that a known address answers as fast as an unknown one.
+fn record_session_event(state: &AppState, command: SessionCommand, meta: RequestMeta) {
     let sessions = state.sessions.clone();
     tokio::spawn(async move {
-        let command = SessionCommand::RecordFailedLogin {
-            user_id,
-            now: Utc::now(),
-        };
         let id = Uuid::new_v4().to_string();
         if let Err(error) = sessions.execute(&id, command, &meta).await {
-            tracing::warn!(%error, "cannot record a failed login");
+            tracing::warn!(%error, "cannot record a failed or refused login");
         }
     });
 }
@@ -277,9 +289,11 @@ pub struct Dashboard {
 /// One entry of the user's own history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryItem {
-    /// One of `registered`, `activation_link_sent`, `activated`, `logged_in`, `login_failed`,
+    /// One of `registered`, `duplicate_registration_attempted`, `activation_link_sent`,
+    /// `activated`, `activation_refused`, `logged_in`, `login_failed`, `login_refused`,
     /// `token_refreshed`, `logged_out`, `profile_updated`, `password_changed`,
-    /// `password_reset_requested`, `password_reset`, `sessions_revoked`.
+    /// `password_reset_requested`, `password_reset`, `sessions_revoked` (docs/ANALYTICS.md
+    /// lists each one's `details`).
     pub event: String,
     pub occurred_at: chrono::DateTime<Utc>,
     /// The client address the request came from, if known.

@@ -370,7 +370,20 @@ pub(crate) async fn activate(
                 "Your account has been activated successfully. You can now log in.",
             ))
         }
-        Err(AggregateError::UserError(_)) => Err(invalid_activation()),
+        Err(AggregateError::UserError(_)) => {
+            // A link we mailed, refused: the funnel records why (off the response path).
+            let users = state.users.clone();
+            tokio::spawn(async move {
+                let command = UserCommand::RecordActivationRefusal {
+                    request_id,
+                    now: Utc::now(),
+                };
+                if let Err(error) = users.execute(&id, command, &meta).await {
+                    tracing::warn!(%error, "cannot record a refused activation link");
+                }
+            });
+            Err(invalid_activation())
+        }
         Err(error) => Err(aggregate_error(error)),
     }
 }

@@ -481,3 +481,180 @@ async fn each_deployment_has_its_own_analysts_and_a_pseudonymous_role() {
         .await
         .unwrap();
 }
+
+/// The first row of `sql`, run as the analyst, as a JSON object (`null` when there is none).
+async fn analyst_row(pool: &PgPool, sql: &str) -> serde_json::Value {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let row: Option<serde_json::Value> =
+        sqlx::query_scalar(&format!("select to_jsonb(q) from ({sql}) q limit 1"))
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}\n{e}"));
+    tx.rollback().await.unwrap();
+    row.unwrap_or(serde_json::Value::Null)
+}
+
+/// The questions of a sign-up funnel: a duplicate registration, refused activation links by
+/// reason, a login refused as inactive, and active users per day, week and month; each in the
+/// owner's history and in the analysts' views.
+#[tokio::test]
+async fn the_funnel_shows_duplicates_refused_links_inactive_logins_and_active_users() {
+    let app = TestApp::spawn().await;
+    // Refusals are recorded off the response path: wait for each before the next step, so that
+    // the history's order is the order of the steps.
+    let recorded = |event: &'static str, n: i64| {
+        let app = &app;
+        async move {
+            let sql =
+                format!("select count(*) as n from analytics.user_history where event = '{event}'");
+            eventually(|| async { analyst_row(&app.pool, &sql).await["n"] == json!(n) }).await;
+        }
+    };
+    let email = "bob@example.com";
+    json_of(
+        app.register("bob", email, PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let first = app
+        .smtp
+        .wait_for(email, "Activate your account")
+        .await
+        .link();
+    // The right password before activation: 403, recorded as refused.
+    assert_eq!(app.login(email, PASSWORD).await.status(), 403);
+    recorded("login_refused", 1).await;
+    // The address registered again: the same answer, a notice to the owner.
+    json_of(
+        app.register("bobby", email, PASSWORD).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    recorded("duplicate_registration_attempted", 1).await;
+    // A new link makes the first one superseded.
+    assert_eq!(app.resend_activation(email).await.status(), 200);
+    let second = app
+        .smtp
+        .wait_for_nth(email, "Activate your account", 2)
+        .await
+        .link();
+    assert_ne!(second, first);
+    assert_eq!(app.activate_link(&first).await.status(), 400);
+    recorded("activation_refused", 1).await;
+    assert_eq!(app.activate_link(&second).await.status(), 200);
+    // Used again on the active account.
+    assert_eq!(app.activate_link(&second).await.status(), 400);
+    recorded("activation_refused", 2).await;
+    let body = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    let access = body["access_token"].as_str().unwrap().to_owned();
+
+    // The owner's history tells each step.
+    eventually(|| async {
+        let history = json_of(
+            app.get_authed("/accounts/api/history/", &access).await,
+            StatusCode::OK,
+        )
+        .await;
+        let steps: Vec<(String, serde_json::Value)> = history["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_owned(),
+                    e["details"]["reason"].clone(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = steps.iter().map(|(name, _)| name.as_str()).collect();
+        names
+            == [
+                "registered",
+                "activation_link_sent",
+                "login_refused",
+                "duplicate_registration_attempted",
+                "activation_link_sent",
+                "activation_refused",
+                "activated",
+                "activation_refused",
+                "logged_in",
+            ]
+            && steps[2].1 == json!("inactive")
+            && steps[5].1 == json!("superseded")
+            && steps[7].1 == json!("already_active")
+    })
+    .await;
+
+    // The analysts' views count them, and active users are one today, this week and month.
+    let funnel = analyst_row(
+        &app.pool,
+        "select * from analytics.signup_funnel where day = (now() at time zone 'UTC')::date",
+    )
+    .await;
+    assert_eq!(
+        funnel,
+        json!({
+            "day": funnel["day"],
+            "registrations": 1,
+            "duplicate_registrations": 1,
+            "activation_links_sent": 2,
+            "activations": 1,
+            "activations_expired": 0,
+            "activations_superseded": 1,
+            "activations_repeated": 1,
+            "logins_refused_inactive": 1,
+        })
+    );
+    let logins = analyst_row(&app.pool, "select * from analytics.daily_logins").await;
+    assert_eq!(
+        (logins["logins"].clone(), logins["refused_inactive"].clone()),
+        (json!(1), json!(1))
+    );
+    eventually(|| async {
+        let mut counts = Vec::new();
+        for view in [
+            "daily_active_users",
+            "weekly_active_users",
+            "monthly_active_users",
+        ] {
+            let row = analyst_row(&app.pool, &format!("select * from analytics.{view}")).await;
+            counts.push(row["active_users"].clone());
+        }
+        counts == [json!(1), json!(1), json!(1)]
+    })
+    .await;
+    // A second login and a refresh the same day: still one active user, not three.
+    let again = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    json_of(
+        app.refresh(again["refresh_token"].as_str().unwrap()).await,
+        StatusCode::OK,
+    )
+    .await;
+    app.wait_for_relay().await;
+    eventually(|| async {
+        let history = analyst_row(
+            &app.pool,
+            "select count(*) as n from analytics.user_history where event = 'token_refreshed'",
+        )
+        .await;
+        history["n"] == json!(1)
+    })
+    .await;
+    eventually(|| async {
+        let row = analyst_row(
+            &app.pool,
+            "select (select active_users from analytics.daily_active_users) as dau,
+                    (select count(distinct user_id) from analytics.user_history
+                      where event in ('logged_in', 'token_refreshed', 'profile_updated', 'password_changed')
+                        and (occurred_at at time zone 'UTC')::date = (now() at time zone 'UTC')::date) as counted",
+        )
+        .await;
+        row == json!({"dau": 1, "counted": 1})
+    })
+    .await;
+}

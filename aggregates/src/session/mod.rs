@@ -40,6 +40,20 @@ pub enum SessionCommand {
         user_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// The right password for an account that may not log in yet (not activated).
+    RecordRefusedLogin {
+        user_id: Uuid,
+        reason: LoginRefusal,
+        now: DateTime<Utc>,
+    },
+}
+
+/// Why a login with the right password was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginRefusal {
+    /// The account is not activated yet (the login answered 403).
+    Inactive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +100,12 @@ pub enum SessionEvent {
         user_id: Uuid,
         failed_at: DateTime<Utc>,
     },
+    /// The password was right, but the account may not log in (see [`LoginRefusal`]).
+    LoginRefused {
+        user_id: Uuid,
+        reason: LoginRefusal,
+        refused_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for SessionEvent {
@@ -96,6 +116,7 @@ impl DomainEvent for SessionEvent {
             SessionEvent::LoggedOut { .. } => "LoggedOut",
             SessionEvent::Revoked { .. } => "Revoked",
             SessionEvent::LoginFailed { .. } => "LoginFailed",
+            SessionEvent::LoginRefused { .. } => "LoginRefused",
         }
         .to_owned()
     }
@@ -198,6 +219,20 @@ impl Session {
                     failed_at: now,
                 }])
             }
+            SessionCommand::RecordRefusedLogin {
+                user_id,
+                reason,
+                now,
+            } => {
+                if self.user_id.is_some() || self.ended {
+                    return Err(SessionError::AlreadyStarted);
+                }
+                Ok(vec![SessionEvent::LoginRefused {
+                    user_id,
+                    reason,
+                    refused_at: now,
+                }])
+            }
             SessionCommand::Logout { now } => {
                 let user_id = self.user_id.ok_or(SessionError::InvalidToken)?;
                 if self.ended {
@@ -257,7 +292,8 @@ impl Aggregate for Session {
             }
             SessionEvent::LoggedOut { .. }
             | SessionEvent::Revoked { .. }
-            | SessionEvent::LoginFailed { .. } => self.ended = true,
+            | SessionEvent::LoginFailed { .. }
+            | SessionEvent::LoginRefused { .. } => self.ended = true,
         }
     }
 }

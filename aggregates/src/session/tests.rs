@@ -187,3 +187,32 @@ fn a_failed_login_is_recorded_in_a_stream_of_its_own() {
         .when(refresh(0, 0, t0()))
         .then_expect_error(SessionError::InvalidToken);
 }
+
+#[test]
+fn a_login_refused_as_inactive_is_recorded_in_a_stream_of_its_own_and_is_no_session() {
+    let refused = SessionEvent::LoginRefused {
+        user_id: user(),
+        reason: LoginRefusal::Inactive,
+        refused_at: t0(),
+    };
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(SessionCommand::RecordRefusedLogin {
+            user_id: user(),
+            reason: LoginRefusal::Inactive,
+            now: t0(),
+        })
+        .then_expect_events(vec![refused.clone()]);
+    SessionTest::with(())
+        .given(vec![started()])
+        .when(SessionCommand::RecordRefusedLogin {
+            user_id: user(),
+            reason: LoginRefusal::Inactive,
+            now: t0(),
+        })
+        .then_expect_error(SessionError::AlreadyStarted);
+    SessionTest::with(())
+        .given(vec![refused])
+        .when(refresh(0, 0, t0()))
+        .then_expect_error(SessionError::InvalidToken);
+}

@@ -33,6 +33,11 @@ pub enum UserCommand {
         request_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// A genuine activation link was refused: record why.
+    RecordActivationRefusal {
+        request_id: Uuid,
+        now: DateTime<Utc>,
+    },
     NoteDuplicateRegistration {
         now: DateTime<Utc>,
     },

@@ -14,6 +14,18 @@ pub enum ActivationMethod {
     PasswordReset,
 }
 
+/// Why an activation link we mailed was refused (a link we did not mail records nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationRefusal {
+    /// The link's time ran out.
+    Expired,
+    /// A newer link was mailed since.
+    Superseded,
+    /// The account is active already (this link or another was used).
+    AlreadyActive,
+}
+
 /// Facts about one account. No event ever holds a password, a hash or a usable token: links are
 /// identified by `request_id` and their tokens are an HMAC of it with a server key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +55,12 @@ pub enum UserEvent {
     Activated {
         method: ActivationMethod,
         activated_at: DateTime<Utc>,
+    },
+    /// A link we mailed was used but refused; at most one per link and minute.
+    ActivationRefused {
+        request_id: Uuid,
+        reason: ActivationRefusal,
+        refused_at: DateTime<Utc>,
     },
     /// Someone tried to register the owner's address again; the owner is told by mail.
     DuplicateRegistrationAttempted {
@@ -83,6 +101,7 @@ impl DomainEvent for UserEvent {
             UserEvent::Registered { .. } => "Registered",
             UserEvent::ActivationLinkIssued { .. } => "ActivationLinkIssued",
             UserEvent::Activated { .. } => "Activated",
+            UserEvent::ActivationRefused { .. } => "ActivationRefused",
             UserEvent::DuplicateRegistrationAttempted { .. } => "DuplicateRegistrationAttempted",
             UserEvent::ProfileUpdated { .. } => "ProfileUpdated",
             UserEvent::PasswordChanged { .. } => "PasswordChanged",

@@ -8,7 +8,7 @@ mod tests;
 
 pub use commands::{LinkIssue, ProfileChanges, UserCommand};
 pub use error::UserError;
-pub use events::{ActivationMethod, UserEvent};
+pub use events::{ActivationMethod, ActivationRefusal, UserEvent};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -68,6 +68,10 @@ pub struct User {
     /// When the last (at most [`MAILS_PER_HOUR`]) mails requested by others were sent.
     #[serde(default)]
     pub recent_mails: Vec<DateTime<Utc>>,
+    /// The last refused activation link and when, so that a link clicked again and again is
+    /// recorded once a minute.
+    #[serde(default)]
+    pub last_activation_refusal: Option<(Uuid, DateTime<Utc>)>,
 }
 
 impl User {
@@ -145,6 +149,11 @@ impl Aggregate for User {
                 self.is_active = true;
                 self.activation = None;
             }
+            UserEvent::ActivationRefused {
+                request_id,
+                refused_at,
+                ..
+            } => self.last_activation_refusal = Some((request_id, refused_at)),
             UserEvent::DuplicateRegistrationAttempted { attempted_at, .. } => {
                 self.note_mail(attempted_at);
                 self.last_duplicate_notice_at = Some(attempted_at)
@@ -239,6 +248,30 @@ impl User {
                     }
                     _ => Err(UserError::InvalidActivationLink),
                 }
+            }
+            UserCommand::RecordActivationRefusal { request_id, now } => {
+                self.registered()?;
+                let reason = match &self.activation {
+                    _ if self.is_active => ActivationRefusal::AlreadyActive,
+                    Some(link) if link.request_id == request_id => {
+                        if link.accepts(request_id, now) {
+                            return Ok(vec![]); // not refused: it would activate
+                        }
+                        ActivationRefusal::Expired
+                    }
+                    _ => ActivationRefusal::Superseded,
+                };
+                let repeated = self
+                    .last_activation_refusal
+                    .is_some_and(|(id, at)| id == request_id && now - at < Duration::minutes(1));
+                if repeated {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::ActivationRefused {
+                    request_id,
+                    reason,
+                    refused_at: now,
+                }])
             }
             UserCommand::NoteDuplicateRegistration { now } => {
                 self.registered()?;

@@ -445,3 +445,47 @@ fn mails_others_request_are_capped_per_hour_and_the_last_link_stays_valid() {
             requested_at: next_hour,
         }]);
 }
+
+#[test]
+fn a_refused_activation_link_records_why_once_a_minute() {
+    let refuse = |request: u128, minutes: i64| UserCommand::RecordActivationRefusal {
+        request_id: Uuid::from_u128(request),
+        now: t0() + Duration::minutes(minutes),
+    };
+    let refused = |request: u128, reason, minutes: i64| UserEvent::ActivationRefused {
+        request_id: Uuid::from_u128(request),
+        reason,
+        refused_at: t0() + Duration::minutes(minutes),
+    };
+    // The live link, past its 24 hours.
+    UserTest::with(())
+        .given(registered())
+        .when(refuse(3, 25 * 60))
+        .then_expect_events(vec![refused(3, ActivationRefusal::Expired, 25 * 60)]);
+    // An older link than the live one.
+    UserTest::with(())
+        .given(registered())
+        .when(refuse(9, 1))
+        .then_expect_events(vec![refused(9, ActivationRefusal::Superseded, 1)]);
+    // Any link once the account is active.
+    UserTest::with(())
+        .given(activated())
+        .when(refuse(3, 1))
+        .then_expect_events(vec![refused(3, ActivationRefusal::AlreadyActive, 1)]);
+    // The live link within its time is no refusal: nothing to record.
+    UserTest::with(())
+        .given(registered())
+        .when(refuse(3, 1))
+        .then_expect_events(vec![]);
+    // The same link clicked again within a minute is recorded once; a minute later again.
+    let mut given = activated();
+    given.push(refused(3, ActivationRefusal::AlreadyActive, 1));
+    UserTest::with(())
+        .given(given.clone())
+        .when(refuse(3, 1))
+        .then_expect_events(vec![]);
+    UserTest::with(())
+        .given(given)
+        .when(refuse(3, 2))
+        .then_expect_events(vec![refused(3, ActivationRefusal::AlreadyActive, 2)]);
+}
