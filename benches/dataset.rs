@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         let mut times = Vec::new();
         for _ in 0..3 {
             let mut tx = pool.begin().await?;
-            sqlx::query("set local role accounts_analyst")
+            sqlx::query("select set_config('role', current_database() || '_analyst', true)")
                 .execute(&mut *tx)
                 .await?;
             let started = Instant::now();
@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
          {users} generated users and {events} events (seeded in {seed_secs:.0} s by `accounts seed`'s \
          generator). Baselines are measured in the same run on the same data.\n\n\
          | figure | result | baseline | ratio |\n|---|---|---|---|\n{}\n{history_rows}\n\n\
-         The analysts' documented queries (docs/ANALYTICS.md), as `accounts_analyst`, median of 3:\n\n\
+         The analysts' documented queries (docs/ANALYTICS.md), as the deployment's `<database>_analyst` role, median of 3:\n\n\
          | query | time |\n|---|---|\n{}",
         rebuild_rows.join("\n"),
         query_rows.join("\n"),

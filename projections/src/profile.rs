@@ -83,6 +83,59 @@ impl ProfileProjector {
     }
 }
 
+/// What a batch of events does to one account's row, folded in order: a batch of any size is
+/// written with two statements (the new rows, then one update per touched row), not one per
+/// event.
+#[derive(Default)]
+struct Change {
+    /// From `Registered`: username, e-mail, date joined.
+    registered: Option<(String, String, DateTime<Utc>)>,
+    /// The User stream's sequence the row reaches (`None`: no User event in the batch).
+    version: Option<i64>,
+    activated: bool,
+    country: Option<String>,
+    profession: Option<String>,
+    bio: Option<String>,
+    thoughts: Option<String>,
+    profile_img: Option<String>,
+    /// Password changes and resets: each bumps the token epoch.
+    epochs: i32,
+    last_login: Option<DateTime<Utc>>,
+}
+
+impl Change {
+    fn user_event(&mut self, event: UserEvent, sequence: i64) {
+        // Registration's row is inserted at the registration's sequence; later events move it.
+        match event {
+            // The first registration wins, as `on conflict do nothing` does.
+            UserEvent::Registered {
+                username,
+                email,
+                registered_at,
+                ..
+            } if self.registered.is_none() => {
+                self.registered = Some((username, email, registered_at));
+            }
+            UserEvent::Activated { .. } => self.activated = true,
+            UserEvent::ProfileUpdated { changes, .. } => {
+                let later = |field: &mut Option<String>, value: Option<String>| {
+                    if value.is_some() {
+                        *field = value;
+                    }
+                };
+                later(&mut self.country, changes.country);
+                later(&mut self.profession, changes.profession);
+                later(&mut self.bio, changes.bio);
+                later(&mut self.thoughts, changes.thoughts);
+                later(&mut self.profile_img, changes.profile_img);
+            }
+            UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => self.epochs += 1,
+            _ => {}
+        }
+        self.version = Some(sequence);
+    }
+}
+
 #[async_trait]
 impl Projector for ProfileProjector {
     fn target(&self) -> &Target {
@@ -94,98 +147,149 @@ impl Projector for ProfileProjector {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        match event.aggregate_type.as_str() {
-            "User" => apply_user(conn, self.table(), event).await,
-            "Session" => apply_session(conn, self.table(), event).await,
-            _ => Ok(()),
-        }
+        self.apply_batch(conn, std::slice::from_ref(event)).await
     }
-}
 
-/// One statement per event: the change it makes and the stream version it brings the row to.
-async fn apply_user(
-    conn: &mut PgConnection,
-    table: &str,
-    event: &StoredEvent,
-) -> anyhow::Result<()> {
-    let user_id: Uuid = event.aggregate_id.parse()?;
-    let set_version = "version = $2, updated_at = now()";
-    match event.decode::<UserEvent>()? {
-        UserEvent::Registered {
-            username,
-            email,
-            registered_at,
-            ..
-        } => {
-            sqlx::query(&format!(
-                "insert into {table} (user_id, version, username, email, date_joined)
-                 values ($1, $2, $3, $4, $5) on conflict (user_id) do nothing"
-            ))
-            .bind(user_id)
-            .bind(event.sequence)
-            .bind(username)
-            .bind(email)
-            .bind(registered_at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::ProfileUpdated { changes, .. } => {
-            sqlx::query(&format!(
-                "update {table} set country = coalesce($3, country),
-                        profession = coalesce($4, profession), bio = coalesce($5, bio),
-                        thoughts = coalesce($6, thoughts), profile_img = coalesce($7, profile_img),
-                        {set_version}
-                  where user_id = $1"
-            ))
-            .bind(user_id)
-            .bind(event.sequence)
-            .bind(changes.country)
-            .bind(changes.profession)
-            .bind(changes.bio)
-            .bind(changes.thoughts)
-            .bind(changes.profile_img)
-            .execute(&mut *conn)
-            .await?;
-        }
-        other => {
-            let change = match other {
-                UserEvent::Activated { .. } => "is_active = true,",
-                UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => {
-                    "token_epoch = token_epoch + 1,"
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        // Each touched account's change, in the order first touched.
+        let mut index: std::collections::HashMap<Uuid, usize> = Default::default();
+        let mut changes: Vec<(Uuid, Change)> = Vec::new();
+        let mut change = |user_id: Uuid| -> usize {
+            *index.entry(user_id).or_insert_with(|| {
+                changes.push((user_id, Change::default()));
+                changes.len() - 1
+            })
+        };
+        let mut touched = Vec::new();
+        for event in events {
+            match event.aggregate_type.as_str() {
+                "User" => {
+                    let user_id: Uuid = event.aggregate_id.parse()?;
+                    touched.push((
+                        change(user_id),
+                        Touch::User(event.decode()?, event.sequence),
+                    ));
                 }
-                _ => "",
-            };
+                "Session" => {
+                    if let SessionEvent::Started {
+                        user_id,
+                        started_at,
+                        ..
+                    } = event.decode::<SessionEvent>()?
+                    {
+                        touched.push((change(user_id), Touch::Login(started_at)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (at, touch) in touched {
+            let change = &mut changes[at].1;
+            match touch {
+                Touch::User(event, sequence) => change.user_event(event, sequence),
+                Touch::Login(started_at) => {
+                    change.last_login = change.last_login.max(Some(started_at))
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let table = self.table();
+        let mut new = Rows::default();
+        let mut all = Rows::default();
+        for (user_id, change) in changes {
+            if let Some((username, email, joined)) = change.registered.clone() {
+                new.user_id.push(user_id);
+                new.username.push(username);
+                new.email.push(email);
+                new.joined.push(joined);
+                new.version.push(change.version);
+            }
+            all.user_id.push(user_id);
+            all.version.push(change.version);
+            all.activated.push(change.activated);
+            all.country.push(change.country);
+            all.profession.push(change.profession);
+            all.bio.push(change.bio);
+            all.thoughts.push(change.thoughts);
+            all.profile_img.push(change.profile_img);
+            all.epochs.push(change.epochs);
+            all.last_login.push(change.last_login);
+        }
+        if !new.user_id.is_empty() {
             sqlx::query(&format!(
-                "update {table} set {change} {set_version} where user_id = $1"
+                "insert into {table} (user_id, username, email, date_joined, version)
+                 select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
+                                      $5::bigint[])
+                 on conflict (user_id) do nothing"
             ))
-            .bind(user_id)
-            .bind(event.sequence)
+            .bind(&new.user_id)
+            .bind(&new.username)
+            .bind(&new.email)
+            .bind(&new.joined)
+            .bind(&new.version)
             .execute(&mut *conn)
             .await?;
         }
-    }
-    Ok(())
-}
-
-async fn apply_session(
-    conn: &mut PgConnection,
-    table: &str,
-    event: &StoredEvent,
-) -> anyhow::Result<()> {
-    if let SessionEvent::Started {
-        user_id,
-        started_at,
-        ..
-    } = event.decode::<SessionEvent>()?
-    {
         sqlx::query(&format!(
-            "update {table} set last_login = greatest(last_login, $2), updated_at = now()
-              where user_id = $1"
+            "update {table} p
+                set is_active = p.is_active or c.activated,
+                    country = coalesce(c.country, p.country),
+                    profession = coalesce(c.profession, p.profession),
+                    bio = coalesce(c.bio, p.bio),
+                    thoughts = coalesce(c.thoughts, p.thoughts),
+                    profile_img = coalesce(c.profile_img, p.profile_img),
+                    token_epoch = p.token_epoch + c.epochs,
+                    last_login = greatest(p.last_login, c.last_login),
+                    version = coalesce(c.version, p.version),
+                    updated_at = now()
+               from unnest($1::uuid[], $2::bigint[], $3::boolean[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::integer[], $10::timestamptz[])
+                    as c(user_id, version, activated, country, profession, bio, thoughts,
+                         profile_img, epochs, last_login)
+              where p.user_id = c.user_id"
         ))
-        .bind(user_id)
-        .bind(started_at)
+        .bind(&all.user_id)
+        .bind(&all.version)
+        .bind(&all.activated)
+        .bind(&all.country)
+        .bind(&all.profession)
+        .bind(&all.bio)
+        .bind(&all.thoughts)
+        .bind(&all.profile_img)
+        .bind(&all.epochs)
+        .bind(&all.last_login)
         .execute(&mut *conn)
         .await?;
+        Ok(())
     }
-    Ok(())
+}
+
+/// What an event does to a row, before it is folded into the row's [`Change`].
+enum Touch {
+    User(UserEvent, i64),
+    Login(DateTime<Utc>),
+}
+
+/// Column arrays for `unnest`.
+#[derive(Default)]
+struct Rows {
+    user_id: Vec<Uuid>,
+    username: Vec<String>,
+    email: Vec<String>,
+    joined: Vec<DateTime<Utc>>,
+    version: Vec<Option<i64>>,
+    activated: Vec<bool>,
+    country: Vec<Option<String>>,
+    profession: Vec<Option<String>>,
+    bio: Vec<Option<String>>,
+    thoughts: Vec<Option<String>>,
+    profile_img: Vec<Option<String>>,
+    epochs: Vec<i32>,
+    last_login: Vec<Option<DateTime<Utc>>>,
 }

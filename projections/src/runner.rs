@@ -87,9 +87,19 @@ pub async fn run_batch_after(
     projector: &dyn Projector,
     look: Look,
 ) -> anyhow::Result<usize> {
+    run_batch_of(pool, projector, look, BATCH_SIZE).await
+}
+
+/// Handles one batch of at most `size` events (a rebuild reads larger ones than the live loop).
+pub async fn run_batch_of(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    look: Look,
+    size: i64,
+) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
     let Some((mut tx, events)) =
-        reader::begin_batch(&mut conn, projector.name(), look, BATCH_SIZE).await?
+        reader::begin_batch(&mut conn, projector.name(), look, size).await?
     else {
         return Ok(0);
     };

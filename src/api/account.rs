@@ -162,15 +162,17 @@ pub(crate) async fn login(
         let Some(user_id) = user.id else {
             return Err(invalid_credentials());
         };
-        record_session_event(
-            &state,
-            SessionCommand::RecordRefusedLogin {
-                user_id,
-                reason: LoginRefusal::Inactive,
-                now: Utc::now(),
-            },
-            meta,
-        );
+        // Recorded before the answer (the 403 says as much as the event): the owner's history
+        // then shows it before anything the client does next.
+        let command = SessionCommand::RecordRefusedLogin {
+            user_id,
+            reason: LoginRefusal::Inactive,
+            now: Utc::now(),
+        };
+        let id = Uuid::new_v4().to_string();
+        if let Err(error) = state.sessions.execute(&id, command, &meta).await {
+            tracing::warn!(%error, "cannot record a refused login");
+        }
         return Err(ApiError::detail(
             StatusCode::FORBIDDEN,
             "account_inactive",
@@ -251,14 +253,14 @@ async fn verify_login(
     Ok((user, ok))
 }
 
-/// Records a failed or refused login for the owner's history, in a stream of its own and off
-/// the response path, so that a known address answers as fast as an unknown one.
+/// Records a failed login for the owner's history, in a stream of its own and off the response
+/// path, so that a known address answers as fast as an unknown one.
 fn record_session_event(state: &AppState, command: SessionCommand, meta: RequestMeta) {
     let sessions = state.sessions.clone();
     tokio::spawn(async move {
         let id = Uuid::new_v4().to_string();
         if let Err(error) = sessions.execute(&id, command, &meta).await {
-            tracing::warn!(%error, "cannot record a failed or refused login");
+            tracing::warn!(%error, "cannot record a failed login");
         }
     });
 }

@@ -371,17 +371,15 @@ pub(crate) async fn activate(
             ))
         }
         Err(AggregateError::UserError(_)) => {
-            // A link we mailed, refused: the funnel records why (off the response path).
-            let users = state.users.clone();
-            tokio::spawn(async move {
-                let command = UserCommand::RecordActivationRefusal {
-                    request_id,
-                    now: Utc::now(),
-                };
-                if let Err(error) = users.execute(&id, command, &meta).await {
-                    tracing::warn!(%error, "cannot record a refused activation link");
-                }
-            });
+            // A link we mailed, refused: the funnel records why, before the answer, so that the
+            // history shows it before whatever the client does next.
+            let command = UserCommand::RecordActivationRefusal {
+                request_id,
+                now: Utc::now(),
+            };
+            if let Err(error) = state.users.execute(&id, command, &meta).await {
+                tracing::warn!(%error, "cannot record a refused activation link");
+            }
             Err(invalid_activation())
         }
         Err(error) => Err(aggregate_error(error)),

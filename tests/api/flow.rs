@@ -62,6 +62,8 @@ async fn the_whole_account_flow_works_with_links_from_real_mails() {
         [
             "logged_in",
             "activated",
+            // The login tried before activation (403), recorded for the owner.
+            "login_refused",
             "activation_link_sent",
             "registered"
         ]
