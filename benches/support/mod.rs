@@ -17,7 +17,9 @@ pub struct BenchApp {
 /// Settings on a fresh database, stream and data directory, with the abuse limits lifted (a
 /// benchmark sends far more from one address than any client should).
 pub fn bench_settings(tag: &str) -> anyhow::Result<Settings> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    // Short: the analyst roles are named `<database>_analyst_pseudonymous`, and Postgres cuts
+    // names at 63 bytes (a cut name would collide with `<database>_analyst`).
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let mut settings = Settings::from_env()?;
     let mut url = url::Url::parse(&settings.database_url)?;
     url.set_path(&format!("accounts_bench_{tag}_{id}"));

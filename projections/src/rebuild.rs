@@ -44,11 +44,27 @@ pub async fn rebuild(
     sqlx::query(&format!("drop table if exists {copy}"))
         .execute(pool)
         .await?;
+    // The copy gets the live table's primary key (upserts and the projector's look-ups need it)
+    // and none of its other indexes: the rows reach the live table, with its indexes, in one
+    // statement at the swap, so keeping secondary indexes of the copy up to date row by row
+    // would be work thrown away.
     sqlx::query(&format!(
-        "create table {copy} (like {live_table} including defaults including constraints including indexes)"
+        "create table {copy} (like {live_table} including defaults including constraints)"
     ))
     .execute(pool)
     .await?;
+    let primary_key: Option<String> = sqlx::query_scalar(
+        "select pg_get_constraintdef(oid) from pg_constraint
+          where conrelid = $1::regclass and contype = 'p'",
+    )
+    .bind(live_table)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(primary_key) = primary_key {
+        sqlx::query(&format!("alter table {copy} add {primary_key}"))
+            .execute(pool)
+            .await?;
+    }
     sqlx::query("delete from reader_checkpoint where name = $1")
         .bind(shadow.name())
         .execute(pool)

@@ -67,8 +67,40 @@ fn local_without_sslmode(url: &str, host: &str) -> bool {
     !names_sslmode && local
 }
 
+/// The longest database name whose analyst roles (`<database>_analyst`,
+/// `<database>_analyst_pseudonymous`, migration 0012) keep their documented names: Postgres cuts
+/// names at 63 bytes, and a cut name would be another role's, or collide.
+pub const LONGEST_DATABASE_NAME: usize = 63 - "_analyst_pseudonymous".len();
+
+/// Refuses a new database whose name is too long for its analyst roles, before migrating it.
+/// A database migrated already keeps working as it is.
+async fn check_database_name(pool: &PgPool) -> anyhow::Result<()> {
+    let name: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(pool)
+        .await?;
+    if name.len() <= LONGEST_DATABASE_NAME {
+        return Ok(());
+    }
+    let roles_made: bool = sqlx::query_scalar(
+        "select to_regclass('_sqlx_migrations') is not null
+            and exists (select 1 from _sqlx_migrations where version = 12)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(false);
+    anyhow::ensure!(
+        roles_made,
+        "the database name {name:?} is {} bytes long; at most {LONGEST_DATABASE_NAME} fit in the \
+         names of its analyst roles (`<database>_analyst_pseudonymous`; Postgres cuts names at \
+         63 bytes): choose a shorter database name in DATABASE_URL",
+        name.len()
+    );
+    Ok(())
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    check_database_name(pool).await?;
     MIGRATOR
         .run(pool)
         .await

@@ -381,3 +381,30 @@ async fn the_gauges_of_a_reader_that_ended_go_back_to_zero() {
         .unwrap();
     eventually_within(20, || async { lag().await == Some(0.0) }).await;
 }
+
+/// A database name too long for its analyst roles' names (Postgres cuts names at 63 bytes, and
+/// `<database>_analyst_pseudonymous` would become another role's name) is refused with a clear
+/// message before anything is migrated.
+#[tokio::test]
+async fn a_database_name_too_long_for_its_analyst_roles_is_refused_before_migrating() {
+    let smtp = SmtpSink::start().await;
+    let mut settings = test_settings(&smtp).await;
+    settings.database_url = database_url(&format!("accounts_test_{}", "x".repeat(40)));
+    let error = match accounts::Application::build(settings.clone(), accounts::Roles::API).await {
+        Ok(_) => panic!("a 54-byte database name was migrated"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("at most 42"), "{error}");
+    let migrated: bool = sqlx::query_scalar(
+        "select exists (select 1 from pg_roles where rolname like 'accounts_test_xxxx%')",
+    )
+    .fetch_one(
+        &accounts::store::db::connect(&settings.database_url, 1)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(!migrated, "no analyst role was made");
+    remove_resources(settings).await;
+}

@@ -80,7 +80,7 @@ pub async fn remove_resources(settings: Settings) {
     let _ = std::fs::remove_dir_all(&settings.data_dir);
 }
 
-fn database_url(name: &str) -> String {
+pub fn database_url(name: &str) -> String {
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/accounts".into());
     let mut url = url::Url::parse(&base).expect("DATABASE_URL");
@@ -92,7 +92,8 @@ fn database_url(name: &str) -> String {
 pub async fn test_settings(smtp: &SmtpSink) -> Settings {
     let id = Uuid::new_v4().simple().to_string();
     let mut settings = Settings::from_env().expect("settings");
-    settings.database_url = database_url(&format!("accounts_test_{id}"));
+    // At most 42 bytes: the analyst roles are named after the database (see `db::migrate`).
+    settings.database_url = database_url(&format!("accounts_test_{}", &id[..24]));
     settings.nats_stream = format!("TEST_{id}");
     settings.nats_subject_prefix = format!("t{id}");
     settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
