@@ -152,7 +152,7 @@ impl Batch {
 /// days; `progress` is told how many events each flush wrote. Returns the number of events.
 ///
 /// Only the past is written, in time order (`recorded_at` follows `global_position`), and every
-/// event's metadata says `synthetic: true`: the relay publishes it, and workers (the mailer) do not
+/// event's metadata says `synthetic` (published as `synthetic: true`): the relay publishes it, and workers (the mailer) do not
 /// act on it.
 pub async fn seed(
     pool: &PgPool,
@@ -182,7 +182,8 @@ pub async fn seed(
         let meta = json!({
             "ip": format!("10.{}.{}.{}", rng.gen_range(0..255), rng.gen_range(0..255), rng.gen_range(1..255)),
             "user_agent": "seed/1.0",
-            "synthetic": true,
+            // A string, as all stored metadata (the relay publishes it as `true`).
+            "synthetic": "true",
         });
         let registered_at = now - Duration::seconds(span) + Duration::seconds(offsets[n]);
         let mut at = registered_at;

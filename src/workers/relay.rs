@@ -69,7 +69,7 @@ fn metadata(event: &StoredEvent) -> Value {
         "user_agent": event.meta("user_agent"),
         "request_id": event.meta("request_id"),
     });
-    if event.metadata.get("synthetic").and_then(Value::as_bool) == Some(true) {
+    if event.meta("synthetic") == Some("true") {
         metadata["synthetic"] = Value::Bool(true);
     }
     metadata

@@ -717,3 +717,38 @@ async fn the_funnel_shows_duplicates_refused_links_inactive_logins_and_active_us
     })
     .await;
 }
+
+/// A generated account is a real account: it logs in with the generator's password.
+#[tokio::test]
+async fn a_generated_account_logs_in_with_the_generators_password() {
+    let app = TestApp::spawn().await;
+    let hasher =
+        accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60)).unwrap();
+    let hash = hasher
+        .hash(&accounts::auth::SecretPassword::from(
+            accounts::ops::seed::SEED_PASSWORD,
+        ))
+        .await
+        .unwrap_or_else(|_| panic!("hashing failed"));
+    accounts::ops::seed::seed(&app.pool, &hash, 50, 30, 3, |_| {})
+        .await
+        .unwrap();
+    caught_up(&app).await;
+    let email: String =
+        sqlx::query_scalar("select email from profile where is_active order by user_id limit 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let body = json_of(
+        app.login(&email, accounts::ops::seed::SEED_PASSWORD).await,
+        StatusCode::OK,
+    )
+    .await;
+    let access = body["access_token"].as_str().unwrap();
+    let dashboard = json_of(
+        app.get_authed("/accounts/api/dashboard/", access).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(dashboard["user"]["email"], email.as_str());
+}
