@@ -140,6 +140,7 @@ impl Application {
             keys: Arc::new(keys),
             links,
             projectors: Arc::new(projections::all()),
+            seen_logins: Default::default(),
             catch_up_gates: Arc::new(
                 projections::all()
                     .iter()

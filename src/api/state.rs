@@ -31,6 +31,9 @@ pub struct AppState {
     /// Work started by a request that finishes after its response (see
     /// `execute_for_email_in_background`); shutdown waits for it.
     pub background: tokio_util::task::TaskTracker,
+    /// Sessions whose login every read model of this process's database has shown: reads in
+    /// the minute after a login skip the check for them (read models never go back).
+    pub seen_logins: Arc<std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>>,
 }
 
 impl AppState {
@@ -38,30 +41,36 @@ impl AppState {
     /// stream. The request catches the projectors up itself (an `api`-only process has no
     /// background projectors to wait for), through the gate it shares with the background ones:
     /// one catch-up serves every request that was waiting.
+    ///
+    /// Returns whether they all showed it in time (a lagging read model is logged, not an error).
+    /// When they show it already, this costs one query and no catch-up.
     pub async fn sync_read_models(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
         sequence: Option<i64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let Some(sequence) = sequence else {
-            return Ok(());
+            return Ok(true);
         };
         let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         let mut lagging: Vec<usize> = (0..self.projectors.len()).collect();
+        let mut looked = false;
         loop {
-            let catch_ups = lagging
-                .iter()
-                .map(|&i| self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref()));
-            let Ok(results) =
-                tokio::time::timeout_at(deadline, futures::future::join_all(catch_ups)).await
-            else {
-                tracing::warn!("read models are lagging");
-                return Ok(());
-            };
-            for result in results {
-                result.map_err(ApiError::internal)?;
+            if looked {
+                let catch_ups = lagging.iter().map(|&i| {
+                    self.catch_up_gates[i].catch_up(&self.pool, self.projectors[i].as_ref())
+                });
+                let Ok(results) =
+                    tokio::time::timeout_at(deadline, futures::future::join_all(catch_ups)).await
+                else {
+                    tracing::warn!("read models are lagging");
+                    return Ok(false);
+                };
+                for result in results {
+                    result.map_err(ApiError::internal)?;
+                }
             }
             let names: Vec<&str> = lagging.iter().map(|&i| self.projectors[i].name()).collect();
             let mut conn = self.pool.acquire().await?;
@@ -76,18 +85,39 @@ impl AppState {
             drop(conn);
             lagging.retain(|&i| !passed.iter().any(|p| p == self.projectors[i].name()));
             if lagging.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     projector = self.projectors[lagging[0]].name(),
                     "read model is lagging"
                 );
-                return Ok(());
+                return Ok(false);
             }
-            // An older transaction is still open; its events must be applied first.
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            if looked {
+                // An older transaction is still open; its events must be applied first.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            looked = true;
+        }
+    }
+
+    /// Whether every read model is known to show the login of `session_id` (see `seen_logins`).
+    pub fn login_seen(&self, session_id: uuid::Uuid) -> bool {
+        self.seen_logins
+            .lock()
+            .is_ok_and(|seen| seen.contains(&session_id))
+    }
+
+    /// Remembers that every read model shows the login of `session_id`; the memory is bounded
+    /// (forgetting only costs one query on a later read).
+    pub fn note_login_seen(&self, session_id: uuid::Uuid) {
+        if let Ok(mut seen) = self.seen_logins.lock() {
+            if seen.len() >= 100_000 {
+                seen.clear();
+            }
+            seen.insert(session_id);
         }
     }
 
@@ -106,7 +136,8 @@ impl AppState {
             .await
             .map_err(crate::api::aggregate_error)?;
         self.sync_read_models("User", &id, done.last_sequence())
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Mails a new link (activation or reset) to the account of `email`, if there is one, off

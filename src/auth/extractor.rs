@@ -86,10 +86,14 @@ impl AuthUser {
         let fresh = self
             .login_us
             .is_some_and(|login| chrono::Utc::now().timestamp_micros() - login < FRESH_LOGIN_US);
-        if fresh {
-            state
-                .sync_read_models("Session", &self.session_id.to_string(), Some(1))
-                .await?;
+        if !fresh || state.login_seen(self.session_id) {
+            return Ok(());
+        }
+        let shown = state
+            .sync_read_models("Session", &self.session_id.to_string(), Some(1))
+            .await?;
+        if shown {
+            state.note_login_seen(self.session_id);
         }
         Ok(())
     }
