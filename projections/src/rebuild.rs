@@ -45,11 +45,11 @@ pub async fn rebuild(
         .execute(pool)
         .await?;
     // The copy gets the live table's primary key (upserts and the projector's look-ups need it)
-    // and none of its other indexes: only the rows that differ reach the live table, at the swap,
-    // so keeping secondary indexes of the copy up to date row by row would be work thrown away.
-    // It is unlogged: a crash loses it, and the next rebuild starts a new one anyway.
+    // and none of its other indexes: the rows reach the live table, with its indexes, in one
+    // statement at the swap, so keeping secondary indexes of the copy up to date row by row
+    // would be work thrown away.
     sqlx::query(&format!(
-        "create unlogged table {copy} (like {live_table} including defaults including constraints)"
+        "create table {copy} (like {live_table} including defaults including constraints)"
     ))
     .execute(pool)
     .await?;
@@ -60,21 +60,11 @@ pub async fn rebuild(
     .bind(live_table)
     .fetch_optional(pool)
     .await?;
-    if let Some(primary_key) = &primary_key {
+    if let Some(primary_key) = primary_key {
         sqlx::query(&format!("alter table {copy} add {primary_key}"))
             .execute(pool)
             .await?;
     }
-    // `PRIMARY KEY (a, b)` → the join of a live row with its copy.
-    let same_key = primary_key
-        .as_deref()
-        .and_then(|pk| pk.split_once('(')?.1.split_once(')').map(|(cols, _)| cols))
-        .map(|cols| {
-            cols.split(',')
-                .map(|col| format!("c.{0} = l.{0}", col.trim()))
-                .collect::<Vec<_>>()
-                .join(" and ")
-        });
     sqlx::query("delete from reader_checkpoint where name = $1")
         .bind(shadow.name())
         .execute(pool)
@@ -107,32 +97,12 @@ pub async fn rebuild(
     .bind(shadow.name())
     .fetch_one(&mut *swap)
     .await?;
-    // Only what differs is written: a rebuild that finds the read model right (the usual case)
-    // rewrites nothing, and the live table's indexes are touched only for the rows that change.
-    match &same_key {
-        Some(same_key) => {
-            sqlx::query(&format!(
-                "delete from {live_table} l where not exists
-                   (select 1 from {copy} c where {same_key} and row(c.*) is not distinct from row(l.*))"
-            ))
-            .execute(&mut *swap)
-            .await?;
-            sqlx::query(&format!(
-                "insert into {live_table} select * from {copy} c
-                  where not exists (select 1 from {live_table} l where {same_key})"
-            ))
-            .execute(&mut *swap)
-            .await?;
-        }
-        None => {
-            sqlx::query(&format!("delete from {live_table}"))
-                .execute(&mut *swap)
-                .await?;
-            sqlx::query(&format!("insert into {live_table} select * from {copy}"))
-                .execute(&mut *swap)
-                .await?;
-        }
-    }
+    sqlx::query(&format!("delete from {live_table}"))
+        .execute(&mut *swap)
+        .await?;
+    sqlx::query(&format!("insert into {live_table} select * from {copy}"))
+        .execute(&mut *swap)
+        .await?;
     reader::save_checkpoint(&mut swap, projector.name(), &checkpoint).await?;
     swap.commit().await?;
 
