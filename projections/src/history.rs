@@ -276,3 +276,45 @@ struct Rows {
     user_agent: Vec<Option<String>>,
     details: Vec<Value>,
 }
+
+/// A session of a user that has not ended, as its history tells it.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct OpenSession {
+    pub session_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    /// The session's last login or token refresh.
+    pub last_used_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The user's sessions that were neither logged out nor revoked, nor started before the last
+/// change or reset of the password (which ends every earlier session); most recently used first.
+/// Expiry is the caller's to judge (it depends on the refresh-token lifetime).
+pub async fn open_sessions(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> sqlx::Result<Vec<OpenSession>> {
+    sqlx::query_as(
+        "with h as (
+             select event, occurred_at, ip, user_agent, details->>'session_id' as session_id
+               from user_history where user_id = $1
+         ), cut as (
+             select coalesce(max(occurred_at), '-infinity') as at
+               from h where event in ('password_changed', 'password_reset')
+         )
+         select s.session_id::uuid as session_id, s.occurred_at as started_at,
+                coalesce((select max(r.occurred_at) from h r
+                           where r.session_id = s.session_id and r.event = 'token_refreshed'),
+                         s.occurred_at) as last_used_at,
+                s.ip, s.user_agent
+           from h s, cut
+          where s.event = 'logged_in' and s.occurred_at > cut.at
+            and not exists (select 1 from h e where e.session_id = s.session_id
+                                                and e.event in ('logged_out', 'sessions_revoked'))
+          order by last_used_at desc",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await
+}

@@ -13,6 +13,7 @@ pub(crate) mod password;
 pub(crate) mod profile;
 pub(crate) mod registration;
 pub mod serve;
+pub(crate) mod sessions;
 pub mod state;
 pub(crate) mod tokens;
 
@@ -35,6 +36,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
         profile::routes(),
         password::routes(),
         tokens::routes(),
+        sessions::routes(),
         meta::routes(),
     ]
     .into_iter()

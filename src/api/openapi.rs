@@ -5,7 +5,7 @@
 
 use super::error::{BadRequest, ErrorDetail, ValidationErrors};
 use super::layers::QUOTA_PATHS;
-use super::{account, meta, password, profile, registration, tokens};
+use super::{account, meta, password, profile, registration, sessions, tokens};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
@@ -49,6 +49,9 @@ use utoipa::OpenApi;
         tokens::refresh,
         tokens::logout,
         tokens::jwks,
+        sessions::list_sessions,
+        sessions::revoke_session,
+        sessions::revoke_others,
         meta::spectacular,
         meta::healthz,
         meta::readyz,

@@ -20,4 +20,5 @@ mod operations;
 mod processes;
 mod registration;
 mod security;
+mod sessions;
 mod transport;

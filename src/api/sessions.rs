@@ -1,0 +1,178 @@
+//! The caller's own sessions: where they are logged in, and ending one or all the others.
+
+use super::registration::aggregate_error;
+use crate::api::body::RequestMeta;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::state::AppState;
+use crate::auth::AuthUser;
+use aggregates::session::SessionCommand;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/accounts/api/sessions/", get(list_sessions)),
+        (
+            "/accounts/api/sessions/{session_id}/revoke/",
+            post(revoke_session),
+        ),
+        ("/accounts/api/sessions/others/revoke/", post(revoke_others)),
+    ]
+}
+
+/// One session of the caller: a login and the refresh tokens it rotated through.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionInfo {
+    pub session_id: Uuid,
+    /// Whether the access token of this request belongs to it.
+    pub current: bool,
+    pub started_at: DateTime<Utc>,
+    /// The session's last login or token refresh.
+    pub last_used_at: DateTime<Utc>,
+    /// When its refresh token expires unless it is used.
+    pub expires_at: DateTime<Utc>,
+    /// The client address of its login.
+    pub ip: Option<String>,
+    /// The user agent of its login.
+    pub user_agent: Option<String>,
+}
+
+/// The caller's sessions that can still be refreshed, most recently used first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub results: Vec<SessionInfo>,
+}
+
+/// The answer to ending the other sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedSessions {
+    pub msg: String,
+    /// How many sessions were ended.
+    pub revoked: usize,
+}
+
+async fn open_sessions(state: &AppState, user: &AuthUser) -> ApiResult<Vec<SessionInfo>> {
+    let ttl = Duration::seconds(state.settings.refresh_token_ttl as i64);
+    let now = Utc::now();
+    let sessions = projections::history::open_sessions(&state.pool, user.user_id).await?;
+    Ok(sessions
+        .into_iter()
+        .map(|s| SessionInfo {
+            current: s.session_id == user.session_id,
+            expires_at: s.last_used_at + ttl,
+            session_id: s.session_id,
+            started_at: s.started_at,
+            last_used_at: s.last_used_at,
+            ip: s.ip,
+            user_agent: s.user_agent,
+        })
+        .filter(|s| s.expires_at > now)
+        .collect())
+}
+
+#[utoipa::path(
+    get,
+    path = "/accounts/api/sessions/",
+    tag = "session",
+    summary = "Get my sessions",
+    description = "Where the caller is logged in: every session that can still be refreshed, \
+        with the address and user agent of its login, most recently used first.",
+    security(("bearer" = [])),
+    responses((status = 200, body = SessionList))
+)]
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<Json<SessionList>> {
+    user.see_own_login(&state).await?;
+    Ok(Json(SessionList {
+        results: open_sessions(&state, &user).await?,
+    }))
+}
+
+/// Ends `session_id` as a logout does, and waits until the read models show it.
+async fn end_session(state: &AppState, session_id: Uuid, meta: &RequestMeta) -> ApiResult<()> {
+    let id = session_id.to_string();
+    let command = SessionCommand::Logout { now: Utc::now() };
+    let done = state
+        .sessions
+        .execute(&id, command, meta)
+        .await
+        .map_err(aggregate_error)?;
+    state
+        .sync_read_models("Session", &id, done.last_sequence())
+        .await?;
+    Ok(())
+}
+
+fn no_such_session() -> ApiError {
+    ApiError::detail(StatusCode::NOT_FOUND, "not_found", "Not found.")
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/sessions/{session_id}/revoke/",
+    tag = "session",
+    summary = "End one of my sessions",
+    description = "Ends the session as a logout would: its refresh token and its access tokens \
+        stop working at once. Ending the current session logs this client out.",
+    security(("bearer" = [])),
+    params(("session_id" = String, Path, description = "A `session_id` from `GET /accounts/api/sessions/`")),
+    responses(
+        (status = 200, body = super::Msg),
+        (status = 404, description = "No open session of the caller has this id (code `not_found`)", body = crate::api::error::ErrorDetail),
+    )
+)]
+pub(crate) async fn revoke_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    meta: RequestMeta,
+    Path(session_id): Path<String>,
+) -> ApiResult<Json<super::Msg>> {
+    let session_id: Uuid = session_id.parse().map_err(|_| no_such_session())?;
+    user.see_own_login(&state).await?;
+    // Only the caller's own, open sessions: another user's id answers as an unknown one.
+    let open = open_sessions(&state, &user).await?;
+    if !open.iter().any(|s| s.session_id == session_id) {
+        return Err(no_such_session());
+    }
+    end_session(&state, session_id, &meta).await?;
+    Ok(super::msg("The session has been ended."))
+}
+
+#[utoipa::path(
+    post,
+    path = "/accounts/api/sessions/others/revoke/",
+    tag = "session",
+    summary = "End all my other sessions",
+    description = "Ends every session of the caller but the current one (\"log out everywhere \
+        else\").",
+    security(("bearer" = [])),
+    responses((status = 200, body = RevokedSessions))
+)]
+pub(crate) async fn revoke_others(
+    State(state): State<AppState>,
+    user: AuthUser,
+    meta: RequestMeta,
+) -> ApiResult<Json<RevokedSessions>> {
+    user.see_own_login(&state).await?;
+    let others: Vec<Uuid> = open_sessions(&state, &user)
+        .await?
+        .into_iter()
+        .filter(|s| !s.current)
+        .map(|s| s.session_id)
+        .collect();
+    for session_id in &others {
+        end_session(&state, *session_id, &meta).await?;
+    }
+    Ok(Json(RevokedSessions {
+        msg: "Every other session has been ended.".into(),
+        revoked: others.len(),
+    }))
+}
