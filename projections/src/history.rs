@@ -302,17 +302,21 @@ pub async fn open_sessions(
          ), cut as (
              select coalesce(max(occurred_at), '-infinity') as at
                from h where event in ('password_changed', 'password_reset')
+         ), per_session as (
+             select session_id,
+                    max(occurred_at) filter (where event in ('logged_in', 'token_refreshed'))
+                        as last_used_at,
+                    bool_or(event in ('logged_out', 'sessions_revoked')) as ended
+               from h where session_id is not null
+              group by session_id
          )
          select s.session_id::uuid as session_id, s.occurred_at as started_at,
-                coalesce((select max(r.occurred_at) from h r
-                           where r.session_id = s.session_id and r.event = 'token_refreshed'),
-                         s.occurred_at) as last_used_at,
-                s.ip, s.user_agent
-           from h s, cut
-          where s.event = 'logged_in' and s.occurred_at > cut.at
-            and not exists (select 1 from h e where e.session_id = s.session_id
-                                                and e.event in ('logged_out', 'sessions_revoked'))
-          order by last_used_at desc",
+                p.last_used_at, s.ip, s.user_agent
+           from h s
+           join per_session p using (session_id)
+           cross join cut
+          where s.event = 'logged_in' and not p.ended and s.occurred_at > cut.at
+          order by p.last_used_at desc",
     )
     .bind(user_id)
     .fetch_all(db)
