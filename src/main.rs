@@ -42,6 +42,11 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Operator commands on one account.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Fill the event store with generated accounts and their history.
     Seed {
         /// How many accounts.
@@ -70,13 +75,26 @@ enum ProjectionsAction {
     /// Replay the event store into a fresh copy of a read model (all when NAME is omitted) and
     /// swap it in; readers never see an empty table.
     Rebuild {
-        /// `profile` or `history`.
+        /// `profile`, `history` or `activity`.
         name: Option<String>,
         #[command(flatten)]
         settings: Settings,
     },
     /// Show each reader's checkpoint and lag.
     Status(Settings),
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Print everything held about an account as JSON (what `GET /accounts/api/export/` gives
+    /// its owner), e.g. to answer a subject-access request.
+    Export {
+        /// The user id or e-mail address.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +146,9 @@ async fn run() -> anyhow::Result<()> {
             };
         }
         Command::UserAt { user, at, settings } => return cli::user_at(&settings, &user, at).await,
+        Command::User {
+            action: UserAction::Export { user, settings },
+        } => return cli::user_export(&settings, &user).await,
         Command::Mail { action } => {
             return match action {
                 MailAction::Failed(settings) => cli::failed_mails(&settings).await,

@@ -46,6 +46,17 @@ pub async fn page(
     .await
 }
 
+/// Every entry of a user's history, oldest first.
+pub async fn all(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Vec<HistoryEntry>> {
+    sqlx::query_as(
+        "select position, event, occurred_at, ip, user_agent, details
+           from user_history where user_id = $1 order by position",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await
+}
+
 /// The user-history projector (the live table, or a rebuild's copy).
 pub struct HistoryProjector {
     target: Target,

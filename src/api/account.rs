@@ -306,6 +306,19 @@ pub struct HistoryItem {
     pub details: serde_json::Value,
 }
 
+impl From<&projections::profile::ProfileRow> for DashboardUser {
+    fn from(row: &projections::profile::ProfileRow) -> Self {
+        Self {
+            id: row.user_id,
+            username: row.username.clone(),
+            email: row.email.clone(),
+            is_active: row.is_active,
+            date_joined: row.date_joined,
+            last_login: row.last_login,
+        }
+    }
+}
+
 impl From<HistoryEntry> for HistoryItem {
     fn from(entry: HistoryEntry) -> Self {
         Self {
@@ -389,14 +402,7 @@ pub(crate) async fn dashboard(
     let recent = history::page(&state.pool, user.user_id, None, 10).await?;
     Ok(Json(Dashboard {
         msg: "Welcome to dashboard",
-        user: DashboardUser {
-            id: row.user_id,
-            username: row.username.clone(),
-            email: row.email.clone(),
-            is_active: row.is_active,
-            date_joined: row.date_joined,
-            last_login: row.last_login,
-        },
+        user: DashboardUser::from(row),
         profile: Profile::from(row),
         recent_history: recent.into_iter().map(HistoryItem::from).collect(),
     }))

@@ -6,6 +6,7 @@
 pub(crate) mod account;
 pub mod body;
 pub mod error;
+pub mod export;
 pub mod layers;
 pub(crate) mod meta;
 pub mod openapi;
@@ -37,6 +38,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
         password::routes(),
         tokens::routes(),
         sessions::routes(),
+        export::routes(),
         meta::routes(),
     ]
     .into_iter()

@@ -5,7 +5,7 @@
 
 use super::error::{BadRequest, ErrorDetail, ValidationErrors};
 use super::layers::QUOTA_PATHS;
-use super::{account, meta, password, profile, registration, sessions, tokens};
+use super::{account, export, meta, password, profile, registration, sessions, tokens};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
@@ -52,6 +52,7 @@ use utoipa::OpenApi;
         sessions::list_sessions,
         sessions::revoke_session,
         sessions::revoke_others,
+        export::export,
         meta::spectacular,
         meta::healthz,
         meta::readyz,

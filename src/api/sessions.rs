@@ -58,13 +58,24 @@ pub struct RevokedSessions {
 }
 
 async fn open_sessions(state: &AppState, user: &AuthUser) -> ApiResult<Vec<SessionInfo>> {
-    let ttl = Duration::seconds(state.settings.refresh_token_ttl as i64);
+    let ttl = state.settings.refresh_token_ttl;
+    Ok(sessions_of(&state.pool, ttl, user.user_id, Some(user.session_id)).await?)
+}
+
+/// The open sessions of `user_id` that can still be refreshed; `current` marks one.
+pub(crate) async fn sessions_of(
+    pool: &sqlx::PgPool,
+    refresh_token_ttl: u64,
+    user_id: Uuid,
+    current: Option<Uuid>,
+) -> sqlx::Result<Vec<SessionInfo>> {
+    let ttl = Duration::seconds(refresh_token_ttl as i64);
     let now = Utc::now();
-    let sessions = projections::history::open_sessions(&state.pool, user.user_id).await?;
+    let sessions = projections::history::open_sessions(pool, user_id).await?;
     Ok(sessions
         .into_iter()
         .map(|s| SessionInfo {
-            current: s.session_id == user.session_id,
+            current: Some(s.session_id) == current,
             expires_at: s.last_used_at + ttl,
             session_id: s.session_id,
             started_at: s.started_at,

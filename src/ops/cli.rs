@@ -88,6 +88,23 @@ pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyh
     Ok(())
 }
 
+/// `accounts user export --user ID`: everything held about one account, as JSON on stdout (the
+/// document `GET /accounts/api/export/` gives its owner).
+pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let user_id = match Uuid::parse_str(user) {
+        Ok(id) => id,
+        Err(_) => store::user_by_email(&pool, user)
+            .await?
+            .with_context(|| format!("no account has the address {user}"))?,
+    };
+    let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
+        .await?
+        .with_context(|| format!("no account has the id {user_id}"))?;
+    println!("{}", serde_json::to_string_pretty(&export)?);
+    Ok(())
+}
+
 /// `accounts seed --users N --days D`.
 pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;

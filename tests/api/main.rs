@@ -10,6 +10,7 @@ mod bad_input;
 mod concurrency;
 mod contract;
 mod events;
+mod export;
 mod flow;
 mod history;
 mod jwt_attacks;
