@@ -75,10 +75,6 @@ impl Projector for ActivityProjector {
         std::sync::Arc::new(Self { target })
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        self.apply_batch(conn, std::slice::from_ref(event)).await
-    }
-
     /// One statement per batch: insert the (period, user) rows not there yet, and add how many
     /// were new to each period's counter.
     async fn apply_batch(

@@ -223,10 +223,6 @@ impl Projector for HistoryProjector {
         std::sync::Arc::new(Self { target })
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        self.apply_batch(conn, std::slice::from_ref(event)).await
-    }
-
     /// One multi-row insert per batch.
     async fn apply_batch(
         &self,

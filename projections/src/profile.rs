@@ -146,10 +146,6 @@ impl Projector for ProfileProjector {
         std::sync::Arc::new(Self { target })
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        self.apply_batch(conn, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
@@ -158,21 +154,12 @@ impl Projector for ProfileProjector {
         // Each touched account's change, in the order first touched.
         let mut index: std::collections::HashMap<Uuid, usize> = Default::default();
         let mut changes: Vec<(Uuid, Change)> = Vec::new();
-        let mut change = |user_id: Uuid| -> usize {
-            *index.entry(user_id).or_insert_with(|| {
-                changes.push((user_id, Change::default()));
-                changes.len() - 1
-            })
-        };
-        let mut touched = Vec::new();
         for event in events {
             match event.aggregate_type.as_str() {
                 "User" => {
                     let user_id: Uuid = event.aggregate_id.parse()?;
-                    touched.push((
-                        change(user_id),
-                        Touch::User(event.decode()?, event.sequence),
-                    ));
+                    change_of(&mut index, &mut changes, user_id)
+                        .user_event(event.decode()?, event.sequence);
                 }
                 "Session" => {
                     if let SessionEvent::Started {
@@ -181,19 +168,11 @@ impl Projector for ProfileProjector {
                         ..
                     } = event.decode::<SessionEvent>()?
                     {
-                        touched.push((change(user_id), Touch::Login(started_at)));
+                        let change = change_of(&mut index, &mut changes, user_id);
+                        change.last_login = change.last_login.max(Some(started_at));
                     }
                 }
                 _ => {}
-            }
-        }
-        for (at, touch) in touched {
-            let change = &mut changes[at].1;
-            match touch {
-                Touch::User(event, sequence) => change.user_event(event, sequence),
-                Touch::Login(started_at) => {
-                    change.last_login = change.last_login.max(Some(started_at))
-                }
             }
         }
         if changes.is_empty() {
@@ -203,7 +182,7 @@ impl Projector for ProfileProjector {
         let mut new = Rows::default();
         let mut all = Rows::default();
         for (user_id, change) in changes {
-            if let Some((username, email, joined)) = change.registered.clone() {
+            if let Some((username, email, joined)) = change.registered {
                 new.user_id.push(user_id);
                 new.username.push(username);
                 new.email.push(email);
@@ -270,10 +249,17 @@ impl Projector for ProfileProjector {
     }
 }
 
-/// What an event does to a row, before it is folded into the row's [`Change`].
-enum Touch {
-    User(UserEvent, i64),
-    Login(DateTime<Utc>),
+/// The change of `user_id`'s row, a new one at the end of `changes` if it has none yet.
+fn change_of<'a>(
+    index: &mut std::collections::HashMap<Uuid, usize>,
+    changes: &'a mut Vec<(Uuid, Change)>,
+    user_id: Uuid,
+) -> &'a mut Change {
+    let at = *index.entry(user_id).or_insert_with(|| {
+        changes.push((user_id, Change::default()));
+        changes.len() - 1
+    });
+    &mut changes[at].1
 }
 
 /// Column arrays for `unnest`.

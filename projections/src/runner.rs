@@ -33,7 +33,7 @@ impl Target {
     }
 }
 
-/// A read model built from events. `apply` runs inside the transaction that also moves the
+/// A read model built from events. `apply_batch` runs inside the transaction that also moves the
 /// projector's checkpoint, so it must only write through `conn`.
 #[async_trait]
 pub trait Projector: Send + Sync {
@@ -62,19 +62,12 @@ pub trait Projector: Send + Sync {
         })
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
-
-    /// Applies a batch in order; a projector may override it to write the batch in one go.
+    /// Applies a batch of events, in order (every projector writes a batch in one go).
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
-    ) -> anyhow::Result<()> {
-        for event in events {
-            self.apply(conn, event).await?;
-        }
-        Ok(())
-    }
+    ) -> anyhow::Result<()>;
 }
 
 /// Handles one batch; returns how many events it applied.

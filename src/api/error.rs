@@ -96,6 +96,11 @@ impl ApiError {
         Self::field("non_field_errors", message)
     }
 
+    /// DRF's 404: `{"detail": "Not found.", "code": "not_found"}`.
+    pub fn not_found() -> Self {
+        Self::detail(StatusCode::NOT_FOUND, "not_found", "Not found.")
+    }
+
     pub fn detail(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self::Detail {
             status,

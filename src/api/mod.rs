@@ -95,11 +95,7 @@ fn swagger_ui(document: &utoipa::openapi::OpenApi) -> Router<AppState> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::Detail {
-        status: StatusCode::NOT_FOUND,
-        detail: "Not found.".into(),
-        code: "not_found",
-    }
+    ApiError::not_found()
 }
 
 /// axum answers a known path with the wrong method by an empty 405, and the embedded Swagger UI

@@ -7,7 +7,6 @@ use crate::api::state::AppState;
 use crate::auth::AuthUser;
 use aggregates::session::SessionCommand;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -107,23 +106,29 @@ pub(crate) async fn list_sessions(
     }))
 }
 
-/// Ends `session_id` as a logout does, and waits until the read models show it.
-async fn end_session(state: &AppState, session_id: Uuid, meta: &RequestMeta) -> ApiResult<()> {
-    let id = session_id.to_string();
-    let command = SessionCommand::Logout { now: Utc::now() };
-    let done = state
-        .sessions
-        .execute(&id, command, meta)
-        .await
-        .map_err(aggregate_error)?;
-    state
-        .sync_read_models("Session", &id, done.last_sequence())
-        .await?;
+/// Ends each of `sessions` as a logout does, one after the other, then waits until the read
+/// models show it: once, for the last (each ended before the next began, so a reader that has
+/// passed the last has passed them all).
+async fn end_sessions(state: &AppState, sessions: &[Uuid], meta: &RequestMeta) -> ApiResult<()> {
+    let mut last = None;
+    for session_id in sessions {
+        let id = session_id.to_string();
+        let command = SessionCommand::Logout { now: Utc::now() };
+        let done = state
+            .sessions
+            .execute(&id, command, meta)
+            .await
+            .map_err(aggregate_error)?;
+        if let Some(sequence) = done.last_sequence() {
+            last = Some((id, sequence));
+        }
+    }
+    if let Some((id, sequence)) = last {
+        state
+            .sync_read_models("Session", &id, Some(sequence))
+            .await?;
+    }
     Ok(())
-}
-
-fn no_such_session() -> ApiError {
-    ApiError::detail(StatusCode::NOT_FOUND, "not_found", "Not found.")
 }
 
 #[utoipa::path(
@@ -146,14 +151,14 @@ pub(crate) async fn revoke_session(
     meta: RequestMeta,
     Path(session_id): Path<String>,
 ) -> ApiResult<Json<super::Msg>> {
-    let session_id: Uuid = session_id.parse().map_err(|_| no_such_session())?;
+    let session_id: Uuid = session_id.parse().map_err(|_| ApiError::not_found())?;
     user.see_own_login(&state).await?;
     // Only the caller's own, open sessions: another user's id answers as an unknown one.
     let open = open_sessions(&state, &user).await?;
     if !open.iter().any(|s| s.session_id == session_id) {
-        return Err(no_such_session());
+        return Err(ApiError::not_found());
     }
-    end_session(&state, session_id, &meta).await?;
+    end_sessions(&state, &[session_id], &meta).await?;
     Ok(super::msg("The session has been ended."))
 }
 
@@ -179,9 +184,7 @@ pub(crate) async fn revoke_others(
         .filter(|s| !s.current)
         .map(|s| s.session_id)
         .collect();
-    for session_id in &others {
-        end_session(&state, *session_id, &meta).await?;
-    }
+    end_sessions(&state, &others, &meta).await?;
     Ok(Json(RevokedSessions {
         msg: "Every other session has been ended.".into(),
         revoked: others.len(),

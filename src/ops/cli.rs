@@ -75,12 +75,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 /// `accounts user-at --user <id or e-mail> --at <RFC 3339>`.
 pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let user_id = match Uuid::parse_str(user) {
-        Ok(id) => id,
-        Err(_) => store::user_by_email(&pool, user)
-            .await?
-            .with_context(|| format!("no account has the address {user}"))?,
-    };
+    let user_id = user_id_of(&pool, user).await?;
     match timetravel::user_as_of(&pool, user_id, at).await? {
         Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
         None => println!("{user_id} had not registered by {at}"),
@@ -88,16 +83,21 @@ pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyh
     Ok(())
 }
 
+/// The account a `--user` argument names: its id, or its e-mail address.
+async fn user_id_of(pool: &sqlx::PgPool, user: &str) -> anyhow::Result<Uuid> {
+    match Uuid::parse_str(user) {
+        Ok(id) => Ok(id),
+        Err(_) => store::user_by_email(pool, user)
+            .await?
+            .with_context(|| format!("no account has the address {user}")),
+    }
+}
+
 /// `accounts user export --user ID`: everything held about one account, as JSON on stdout (the
 /// document `GET /accounts/api/export/` gives its owner).
 pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let user_id = match Uuid::parse_str(user) {
-        Ok(id) => id,
-        Err(_) => store::user_by_email(&pool, user)
-            .await?
-            .with_context(|| format!("no account has the address {user}"))?,
-    };
+    let user_id = user_id_of(&pool, user).await?;
     let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
         .await?
         .with_context(|| format!("no account has the id {user_id}"))?;

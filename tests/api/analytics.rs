@@ -16,13 +16,20 @@ fn documented_queries() -> Vec<String> {
         .collect()
 }
 
-/// Runs `sql` as the analyst role; `Err` with the database's message if refused.
-async fn as_analyst(pool: &PgPool, sql: &str) -> Result<usize, String> {
+/// A transaction in the role `<database><suffix>` (`_analyst` or `_analyst_pseudonymous`).
+async fn begin_as<'p>(pool: &'p PgPool, suffix: &str) -> sqlx::Transaction<'p, sqlx::Postgres> {
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
+    sqlx::query("select set_config('role', current_database() || $1, true)")
+        .bind(suffix)
         .execute(&mut *tx)
         .await
         .unwrap();
+    tx
+}
+
+/// Runs `sql` as the analyst role; `Err` with the database's message if refused.
+async fn as_analyst(pool: &PgPool, sql: &str) -> Result<usize, String> {
+    let mut tx = begin_as(pool, "_analyst").await;
     let result = sqlx::query(sql).fetch_all(&mut *tx).await;
     tx.rollback().await.unwrap();
     result.map(|rows| rows.len()).map_err(|e| e.to_string())
@@ -58,11 +65,7 @@ async fn every_documented_query_runs_as_the_analyst() {
             "select coalesce(sum(registered), 0)::int as r, coalesce(sum(activated), 0)::int as a
                         from analytics.activation_funnel";
         let failed = "select coalesce(sum(failed_logins), 0)::int as f from analytics.daily_logins";
-        let mut tx = app.pool.begin().await.unwrap();
-        sqlx::query("select set_config('role', current_database() || '_analyst', true)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = begin_as(&app.pool, "_analyst").await;
         let row = sqlx::query(funnel).fetch_one(&mut *tx).await.unwrap();
         let f: i32 = sqlx::query_scalar(failed)
             .fetch_one(&mut *tx)
@@ -392,11 +395,7 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
     .unwrap();
     assert!(before.is_none());
 
-    let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_as(&app.pool, "_analyst").await;
     let row = sqlx::query("select country, bio, is_active from analytics.profile_as_of($1, $2)")
         .bind(user_id)
         .bind(between)
@@ -486,13 +485,7 @@ async fn each_deployment_has_its_own_analysts_and_a_pseudonymous_role() {
 
     // The pseudonymous role: aggregates and pseudonymous rows only.
     eventually(|| async {
-        let mut tx = first.pool.begin().await.unwrap();
-        sqlx::query(
-            "select set_config('role', current_database() || '_analyst_pseudonymous', true)",
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        let mut tx = begin_as(&first.pool, "_analyst_pseudonymous").await;
         let rows = sqlx::query("select * from analytics.user_history_pseudonymous")
             .fetch_all(&mut *tx)
             .await
@@ -515,13 +508,7 @@ async fn each_deployment_has_its_own_analysts_and_a_pseudonymous_role() {
             "select * from analytics.users",
             "select * from analytics.user_history",
         ] {
-            let mut inner = first.pool.begin().await.unwrap();
-            sqlx::query(
-                "select set_config('role', current_database() || '_analyst_pseudonymous', true)",
-            )
-            .execute(&mut *inner)
-            .await
-            .unwrap();
+            let mut inner = begin_as(&first.pool, "_analyst_pseudonymous").await;
             assert!(
                 sqlx::query(sql).fetch_all(&mut *inner).await.is_err(),
                 "{sql}"
@@ -543,11 +530,7 @@ async fn each_deployment_has_its_own_analysts_and_a_pseudonymous_role() {
 
 /// The first row of `sql`, run as the analyst, as a JSON object (`null` when there is none).
 async fn analyst_row(pool: &PgPool, sql: &str) -> serde_json::Value {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("select set_config('role', current_database() || '_analyst', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_as(pool, "_analyst").await;
     let row: Option<serde_json::Value> =
         sqlx::query_scalar(&format!("select to_jsonb(q) from ({sql}) q limit 1"))
             .fetch_optional(&mut *tx)
