@@ -75,11 +75,12 @@ async fn main() -> anyhow::Result<()> {
             report.events_per_second()
         );
         rebuild_rows.push(format!(
-            "| rebuild `{}` | {:.0} events/s ({} events in {:.1} s) | {read_rate:.0} events/s | {:.2} |",
+            "| rebuild `{}` | {:.0} events/s ({} events in {:.1} s, of which the swap {:.1} s) | {read_rate:.0} events/s | {:.2} |",
             report.projector,
             report.events_per_second(),
             report.events,
             report.seconds,
+            report.swap_seconds,
             report.events_per_second() / read_rate
         ));
     }

@@ -5,9 +5,13 @@
 //! checkpoint lock (the live projector pauses), lets the copy catch up, then replaces the live
 //! rows by the copy's and moves the live checkpoint in one transaction: readers see the old rows
 //! until the commit and the new ones after it, never an empty table, and no event is lost.
+//!
+//! The copy is filled as a pipeline: one task reads the next batch of events while the previous
+//! one is applied on another connection, so Postgres reads and writes (and the projector folds)
+//! at the same time instead of taking turns.
 
 use crate::reader::Look;
-use crate::reader::{self, Checkpoint};
+use crate::reader::{self, Checkpoint, StoredEvent};
 use crate::runner::{run_batch_of, Projector};
 
 /// Events per transaction while rebuilding: nobody waits on a rebuild's batches, so they are
@@ -24,6 +28,8 @@ pub struct RebuildReport {
     pub projector: String,
     pub events: u64,
     pub seconds: f64,
+    /// Of `seconds`, the part spent replacing the live rows by the copy's (under the lock).
+    pub swap_seconds: f64,
 }
 
 impl RebuildReport {
@@ -41,13 +47,10 @@ pub async fn rebuild(
     let started = Instant::now();
     let shadow = projector.shadow();
     let (live_table, copy) = (projector.table(), shadow.table());
+    let partition = live_partition(pool, live_table).await?;
     sqlx::query(&format!("drop table if exists {copy}"))
         .execute(pool)
         .await?;
-    // The copy gets the live table's primary key (upserts and the projector's look-ups need it)
-    // and none of its other indexes: the rows reach the live table, with its indexes, in one
-    // statement at the swap, so keeping secondary indexes of the copy up to date row by row
-    // would be work thrown away.
     sqlx::query(&format!(
         "create table {copy} (like {live_table} including defaults including constraints)"
     ))
@@ -60,26 +63,40 @@ pub async fn rebuild(
     .bind(live_table)
     .fetch_optional(pool)
     .await?;
-    if let Some(primary_key) = primary_key {
-        sqlx::query(&format!("alter table {copy} add {primary_key}"))
-            .execute(pool)
-            .await?;
+    let add_primary_key = primary_key.map(|key| format!("alter table {copy} add {key}"));
+    if partition.is_none() {
+        // The copy gets the live table's primary key (upserts and the projector's look-ups need
+        // it) and none of its other indexes: the rows reach the live table, with its indexes, in
+        // one statement at the swap, so keeping secondary indexes of the copy up to date row by
+        // row would be work thrown away.
+        if let Some(statement) = &add_primary_key {
+            sqlx::query(statement).execute(pool).await?;
+        }
     }
     sqlx::query("delete from reader_checkpoint where name = $1")
         .bind(shadow.name())
         .execute(pool)
         .await?;
 
-    let mut events = 0u64;
-    loop {
-        let applied = run_batch_of(pool, shadow.as_ref(), Look::First, REBUILD_BATCH).await? as u64;
-        events += applied;
-        progress(applied);
-        if applied < REBUILD_BATCH as u64 {
-            break;
+    let bulk = partition.is_some();
+    let mut events = fill(pool, shadow.as_ref(), bulk, &mut progress).await?;
+    if bulk {
+        // The copy becomes the live partition with every index the parent has: built now, each
+        // in one sorted pass (all at once, on connections of their own), rather than row by row
+        // while filling.
+        let mut statements: Vec<String> = add_primary_key.into_iter().collect();
+        statements.extend(secondary_indexes(pool, live_table, copy).await?);
+        let mut builds = tokio::task::JoinSet::new();
+        for statement in statements {
+            let pool = pool.clone();
+            builds.spawn(async move { sqlx::query(&statement).execute(&pool).await });
+        }
+        while let Some(built) = builds.join_next().await {
+            built??;
         }
     }
 
+    let swap_started = Instant::now();
     let mut swap = pool.begin().await?;
     reader::lock_checkpoint(&mut swap, projector.name()).await?;
     loop {
@@ -97,12 +114,51 @@ pub async fn rebuild(
     .bind(shadow.name())
     .fetch_one(&mut *swap)
     .await?;
-    sqlx::query(&format!("delete from {live_table}"))
-        .execute(&mut *swap)
-        .await?;
-    sqlx::query(&format!("insert into {live_table} select * from {copy}"))
-        .execute(&mut *swap)
-        .await?;
+    match &partition {
+        // Readers of the parent see the old partition until the commit and the copy after it;
+        // the old rows go with their partition, leaving nothing to vacuum.
+        Some(old) => {
+            for statement in [
+                format!("alter table {live_table} detach partition {old}"),
+                format!("drop table {old}"),
+                format!(
+                    "alter table {live_table} attach partition {copy} \
+                     for values from (minvalue) to (maxvalue)"
+                ),
+                format!("alter table {copy} rename to {old}"),
+            ] {
+                sqlx::query(&statement).execute(&mut *swap).await?;
+            }
+            // The copy's indexes take the names the old partition's had (`<partition>_pkey`
+            // for the parent's `<table>_pkey`, and so on), so that names do not drift.
+            let indexes: Vec<(String, String)> = sqlx::query_as(
+                "select child.oid::regclass::text, parent.relname::text
+                   from pg_index i
+                   join pg_inherits inh on inh.inhrelid = i.indexrelid
+                   join pg_class child on child.oid = i.indexrelid
+                   join pg_class parent on parent.oid = inh.inhparent
+                  where i.indrelid = $1::regclass",
+            )
+            .bind(old)
+            .fetch_all(&mut *swap)
+            .await?;
+            for (index, parent) in indexes {
+                let suffix = parent.strip_prefix(live_table).unwrap_or(&parent);
+                let name = format!("{old}_{}", suffix.trim_start_matches('_'));
+                sqlx::query(&format!("alter index {index} rename to {name}"))
+                    .execute(&mut *swap)
+                    .await?;
+            }
+        }
+        None => {
+            sqlx::query(&format!("delete from {live_table}"))
+                .execute(&mut *swap)
+                .await?;
+            sqlx::query(&format!("insert into {live_table} select * from {copy}"))
+                .execute(&mut *swap)
+                .await?;
+        }
+    }
     reader::save_checkpoint(&mut swap, projector.name(), &checkpoint).await?;
     swap.commit().await?;
 
@@ -117,7 +173,125 @@ pub async fn rebuild(
         projector: projector.name().to_owned(),
         events,
         seconds: started.elapsed().as_secs_f64(),
+        swap_seconds: swap_started.elapsed().as_secs_f64(),
     })
+}
+
+/// The one partition of a partitioned read model (see `migrations/0015_history_partitioned.sql`);
+/// `None` for a plain table.
+async fn live_partition(pool: &PgPool, table: &str) -> anyhow::Result<Option<String>> {
+    let partitioned: bool =
+        sqlx::query_scalar("select relkind = 'p' from pg_class where oid = $1::regclass")
+            .bind(table)
+            .fetch_one(pool)
+            .await?;
+    if !partitioned {
+        return Ok(None);
+    }
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "select inhrelid::regclass::text from pg_inherits where inhparent = $1::regclass",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await?;
+    match <[String; 1]>::try_from(partitions) {
+        Ok([partition]) => Ok(Some(partition)),
+        Err(found) => anyhow::bail!(
+            "{table} must have exactly one partition to be rebuilt, it has {}",
+            found.len()
+        ),
+    }
+}
+
+/// `create index` statements giving `copy` each index of the partitioned `table` that backs no
+/// constraint (the primary key is added as a constraint), so that attaching `copy` reuses them.
+async fn secondary_indexes(pool: &PgPool, table: &str, copy: &str) -> anyhow::Result<Vec<String>> {
+    let definitions: Vec<(bool, String)> = sqlx::query_as(
+        "select i.indisunique, pg_get_indexdef(i.indexrelid)
+           from pg_index i
+          where i.indrelid = $1::regclass
+            and not exists (select from pg_constraint c where c.conindid = i.indexrelid)",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await?;
+    definitions
+        .into_iter()
+        .map(|(unique, definition)| {
+            // `CREATE [UNIQUE] INDEX name ON ONLY table USING method (columns) ...`
+            let at = definition
+                .find(" USING ")
+                .ok_or_else(|| anyhow::anyhow!("unexpected index definition: {definition}"))?;
+            let unique = if unique { "unique " } else { "" };
+            Ok(format!("create {unique}index on {copy}{}", &definition[at..]))
+        })
+        .collect()
+}
+
+/// Replays the events committed so far into the copy: a reader task reads batch after batch
+/// (two ahead at most) while this one applies each under the copy's checkpoint lock, moving the
+/// checkpoint in the same transaction. With `bulk`, the copy has no index yet and is filled with
+/// [`Projector::load_batch`]. Returns how many events it applied.
+async fn fill(
+    pool: &PgPool,
+    copy: &dyn Projector,
+    bulk: bool,
+    progress: &mut impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let (batches, mut next) = tokio::sync::mpsc::channel::<Vec<StoredEvent>>(2);
+    let reader_pool = pool.clone();
+    let read = tokio::spawn(async move {
+        let mut after = Checkpoint {
+            transaction_id: "0".into(),
+            position: 0,
+        };
+        loop {
+            let mut conn = reader_pool.acquire().await?;
+            let events = reader::read_after(&mut conn, &after, REBUILD_BATCH).await?;
+            drop(conn);
+            let Some(last) = events.last() else {
+                return anyhow::Ok(());
+            };
+            after = Checkpoint::after(last);
+            let full = events.len() as i64 == REBUILD_BATCH;
+            if batches.send(events).await.is_err() || !full {
+                return Ok(());
+            }
+        }
+    });
+    let mut applied = 0u64;
+    let mut expected = Checkpoint {
+        transaction_id: "0".into(),
+        position: 0,
+    };
+    let result = async {
+        while let Some(events) = next.recv().await {
+            let mut tx = pool.begin().await?;
+            let checkpoint = reader::lock_checkpoint(&mut tx, copy.name()).await?;
+            anyhow::ensure!(
+                checkpoint == expected,
+                "the rebuild copy's checkpoint moved under it: is another rebuild of {} running?",
+                copy.name()
+            );
+            if bulk {
+                copy.load_batch(&mut tx, &events).await?;
+            } else {
+                copy.apply_batch(&mut tx, &events).await?;
+            }
+            let last = events.last().map(Checkpoint::after).unwrap_or(checkpoint);
+            reader::save_checkpoint(&mut tx, copy.name(), &last).await?;
+            tx.commit().await?;
+            expected = last;
+            applied += events.len() as u64;
+            progress(events.len() as u64);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    drop(next);
+    read.await??;
+    result?;
+    Ok(applied)
 }
 
 /// Where one reader (projector or relay) stands.

@@ -68,6 +68,17 @@ pub trait Projector: Send + Sync {
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> anyhow::Result<()>;
+
+    /// Loads a batch into a rebuild's copy that has no index yet (a projector whose live table
+    /// is partitioned, see `rebuild`): rows are only added, each event at most once. The
+    /// default is [`Projector::apply_batch`].
+    async fn load_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        self.apply_batch(conn, events).await
+    }
 }
 
 /// Handles one batch; returns how many events it applied.

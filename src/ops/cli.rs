@@ -37,11 +37,12 @@ pub async fn rebuild(settings: &Settings, name: Option<&str>) -> anyhow::Result<
             projections::rebuild::rebuild(&pool, projector.as_ref(), |n| progress.inc(n)).await?;
         progress.finish_and_clear();
         println!(
-            "{}: rebuilt from {} events in {:.1} s ({:.0} events/s)",
+            "{}: rebuilt from {} events in {:.1} s ({:.0} events/s; the swap took {:.1} s)",
             report.projector,
             report.events,
             report.seconds,
-            report.events_per_second()
+            report.events_per_second(),
+            report.swap_seconds
         );
     }
     Ok(())

@@ -151,9 +151,30 @@ async fn a_rebuilt_read_model_equals_the_live_one() {
         StatusCode::CREATED,
     )
     .await;
+    // What a bulk load must carry through unchanged: a tab, backslashes and `\N` in a
+    // client's user agent (the history's copy is loaded with COPY's text format).
+    let odd_agent = "odd\tagent \\N \\\\ end";
+    let odd = reqwest::Client::builder()
+        .user_agent(odd_agent)
+        .build()
+        .unwrap();
+    let login = odd
+        .post(app.url("/accounts/api/login/"))
+        .json(&json!({"email": "dora@example.com", "password": NEW_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
     caught_up(&app).await;
     let live = read_models(&app.pool).await;
     assert!(!live.0.is_empty() && !live.1.is_empty());
+    let agents: Vec<String> = sqlx::query_scalar(
+        "select user_agent from user_history where user_agent like 'odd%'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(agents, [odd_agent]);
     for projector in projections::all() {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
             .await
@@ -185,17 +206,24 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
             .status()
         }
     }));
+    let history_before: i64 = sqlx::query_scalar("select count(*) from user_history")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     let reader = async {
-        let mut smallest = i64::MAX;
+        let (mut smallest, mut smallest_history) = (i64::MAX, i64::MAX);
         for _ in 0..100 {
-            let n: i64 = sqlx::query_scalar("select count(*) from profile")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+            let (n, h): (i64, i64) = sqlx::query_as(
+                "select (select count(*) from profile), (select count(*) from user_history)",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
             smallest = smallest.min(n);
+            smallest_history = smallest_history.min(h);
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        smallest
+        (smallest, smallest_history)
     };
     let rebuild = async {
         for projector in projections::all() {
@@ -204,11 +232,15 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
                 .unwrap();
         }
     };
-    let (statuses, smallest, ()) = tokio::join!(writers, reader, rebuild);
+    let (statuses, (smallest, smallest_history), ()) = tokio::join!(writers, reader, rebuild);
     assert!(statuses.iter().all(|s| *s == 201));
     assert!(
         smallest >= seeded as i64,
         "a reader saw {smallest} profiles"
+    );
+    assert!(
+        smallest_history >= history_before,
+        "a reader saw {smallest_history} history rows of {history_before}"
     );
     caught_up(&app).await;
     let live = read_models(&app.pool).await;
