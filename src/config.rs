@@ -154,6 +154,21 @@ pub struct Settings {
     #[arg(long, env = "LINK_KEY_FILE")]
     pub link_key_file: Option<PathBuf>,
 
+    /// Key that encrypts TOTP secrets and keys the hashes of recovery codes (32 random bytes,
+    /// hex). Default: `<DATA_DIR>/mfa.key`, generated if missing. Every process of a deployment
+    /// needs the same; losing it turns every account's second factor off for good (the owners
+    /// then need an operator).
+    #[arg(long, env = "MFA_KEY_FILE")]
+    pub mfa_key_file: Option<PathBuf>,
+
+    /// How long a login that needs a second factor waits for it after the password, in seconds.
+    #[arg(long, env = "MFA_CHALLENGE_TTL", default_value_t = 300)]
+    pub mfa_challenge_ttl: u64,
+
+    /// The issuer authenticator apps show beside the account (the `otpauth://` URI's issuer).
+    #[arg(long, env = "TOTP_ISSUER", default_value = "accounts")]
+    pub totp_issuer: String,
+
     /// Directory for generated keys and the default mail directory.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -269,6 +284,12 @@ impl Settings {
         self.link_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("link.key"))
+    }
+
+    pub fn mfa_key_file(&self) -> PathBuf {
+        self.mfa_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mfa.key"))
     }
 
     pub fn reader_poll(&self) -> Duration {

@@ -81,6 +81,8 @@ impl Application {
             &settings.jwt_audience,
         )?;
         let links = LinkSigner::load_or_generate(&settings.link_key_file())?;
+        let second_factors =
+            crate::auth::mfa::SecondFactorKeys::load_or_generate(&settings.mfa_key_file())?;
         let hasher = PasswordHasher::new(
             settings.hash_concurrency(),
             settings.password_hash_max_queue,
@@ -139,6 +141,7 @@ impl Application {
             hasher,
             keys: Arc::new(keys),
             links,
+            second_factors,
             projectors: Arc::new(projections::all()),
             seen_logins: Default::default(),
             catch_up_gates: Arc::new(

@@ -15,7 +15,7 @@ pub mod upcast;
 pub mod user;
 pub mod values;
 
-pub use session::{Session, SessionCommand, SessionError, SessionEvent};
+pub use session::{SecondFactor, Session, SessionCommand, SessionError, SessionEvent};
 pub use user::{User, UserCommand, UserError, UserEvent};
 
 /// The version string every event currently carries; a change of shape bumps it and adds an upcaster.

@@ -138,6 +138,32 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 UserEvent::DuplicateRegistrationAttempted { attempted_at, .. } => {
                     ("duplicate_registration_attempted", attempted_at, json!({}))
                 }
+                UserEvent::TotpSetupStarted { started_at, .. } => {
+                    ("totp_setup_started", started_at, json!({}))
+                }
+                UserEvent::TotpEnabled { enabled_at, .. } => {
+                    ("totp_enabled", enabled_at, json!({}))
+                }
+                UserEvent::TotpDisabled {
+                    reason,
+                    disabled_at,
+                } => ("totp_disabled", disabled_at, json!({"reason": reason})),
+                UserEvent::RecoveryCodesGenerated {
+                    count,
+                    generated_at,
+                    ..
+                } => (
+                    "recovery_codes_generated",
+                    generated_at,
+                    json!({"count": count}),
+                ),
+                UserEvent::RecoveryCodeUsed {
+                    remaining, used_at, ..
+                } => (
+                    "recovery_code_used",
+                    used_at,
+                    json!({"remaining": remaining}),
+                ),
             };
             Some(Entry {
                 user_id,
@@ -152,12 +178,35 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 SessionEvent::Started {
                     user_id,
                     started_at,
+                    second_factor,
+                    ..
+                } => {
+                    let mut details = json!({"session_id": session_id});
+                    if let Some(factor) = second_factor {
+                        details["second_factor"] = json!(factor);
+                    }
+                    (user_id, "logged_in", started_at, details)
+                }
+                SessionEvent::SecondFactorRequired {
+                    user_id,
+                    methods,
+                    challenged_at,
                     ..
                 } => (
                     user_id,
-                    "logged_in",
-                    started_at,
-                    json!({"session_id": session_id}),
+                    "second_factor_required",
+                    challenged_at,
+                    json!({"session_id": session_id, "methods": methods}),
+                ),
+                SessionEvent::SecondFactorFailed {
+                    user_id,
+                    method,
+                    failed_at,
+                } => (
+                    user_id,
+                    "second_factor_failed",
+                    failed_at,
+                    json!({"session_id": session_id, "method": method}),
                 ),
                 SessionEvent::Refreshed {
                     user_id,

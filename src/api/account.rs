@@ -72,6 +72,29 @@ pub struct LoginResponse {
     pub tokens: TokenPair,
 }
 
+/// The answer to a right password for an account with a second factor: no tokens yet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecondFactorChallenge {
+    pub msg: String,
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Send it with a code to `/accounts/api/login/mfa/`; it works once.
+    pub mfa_token: String,
+    /// What the login can be completed with: `totp`, and `recovery_code` while any is left.
+    #[schema(value_type = Vec<String>, example = json!(["totp", "recovery_code"]))]
+    pub methods: Vec<aggregates::SecondFactor>,
+    /// Seconds the challenge stays valid.
+    pub expires_in: u64,
+}
+
+/// A login's answer: the tokens, or, for an account with a second factor, a challenge.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginOutcome {
+    Tokens(LoginResponse),
+    SecondFactor(SecondFactorChallenge),
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::detail(
         StatusCode::UNAUTHORIZED,
@@ -81,14 +104,15 @@ fn invalid_credentials() -> ApiError {
 }
 
 /// Access and refresh tokens of one session generation, in the contract's shape.
-/// `login_at` is the session's start on a login's tokens (see `AccessClaims::login_us`).
+/// `login` is the session's start and the sequence of its `Started` event on a login's tokens
+/// (see `AccessClaims::login_us`).
 pub(crate) fn token_pair(
     state: &AppState,
     user_id: Uuid,
     session_id: Uuid,
     generation: u32,
     epoch: u32,
-    login_at: Option<chrono::DateTime<Utc>>,
+    login: Option<(chrono::DateTime<Utc>, i64)>,
 ) -> ApiResult<TokenPair> {
     let access = state
         .keys
@@ -96,7 +120,7 @@ pub(crate) fn token_pair(
             user_id,
             session_id,
             epoch,
-            login_at,
+            login,
             Utc::now(),
             state.access_ttl(),
         )
@@ -116,10 +140,12 @@ pub(crate) fn token_pair(
     summary = "Get JWT access and refresh_token to visit user dashboard.",
     description = "Starts a session. Wrong guesses are bounded per account and client address \
         (429 with `Retry-After`); a client address that logged in to the account before never \
-        waits for strangers' guesses.",
+        waits for strangers' guesses. For an account with a second factor, the right password \
+        answers a challenge instead of tokens (`mfa_required`, `mfa_token`, `methods`), which \
+        `login/mfa/` completes; other accounts see no difference.",
     request_body = LoginRequest,
     responses(
-        (status = 200, body = LoginResponse),
+        (status = 200, body = LoginOutcome),
         (status = 401, description = "Unknown e-mail or wrong password (code `invalid_credentials`)", body = crate::api::error::ErrorDetail),
         (status = 403, description = "Right password, account not activated yet (code `account_inactive`)", body = crate::api::error::ErrorDetail),
     )
@@ -128,7 +154,7 @@ pub(crate) async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Body(LoginRequest { email, password }): Body<LoginRequest>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<Json<LoginOutcome>> {
     // Admission and the account look-up in one round trip. The attempt is counted now, before
     // the hash is checked, so an aborted request has nothing to release; a refused attempt
     // touches no account (cheap under a flood of guesses, and says nothing about the address).
@@ -181,11 +207,39 @@ pub(crate) async fn login(
     };
     let session_id = Uuid::new_v4();
     let id = session_id.to_string();
+    if user.mfa.required() {
+        // The password was right: its source's failures are cleared as for any login, and the
+        // session's stream starts with the challenge that `login/mfa/` completes.
+        let command = SessionCommand::Challenge {
+            user_id,
+            methods: super::mfa::methods_of(&user),
+            ttl: Duration::seconds(state.settings.mfa_challenge_ttl as i64),
+            now: Utc::now(),
+        };
+        let (released, challenged) = tokio::join!(
+            state.throttle.succeeded(&account, &source),
+            state.sessions.execute(&id, command, &meta)
+        );
+        challenged.map_err(aggregate_error)?;
+        if let Err(error) = released {
+            tracing::warn!(%error, "cannot record a right password's source");
+        }
+        return Ok(Json(LoginOutcome::SecondFactor(SecondFactorChallenge {
+            msg: "Your password is right; enter a code of your authenticator app or a recovery \
+                  code to finish logging in."
+                .to_owned(),
+            mfa_required: true,
+            mfa_token: state.links.challenge_token(session_id),
+            methods: super::mfa::methods_of(&user),
+            expires_in: state.settings.mfa_challenge_ttl,
+        })));
+    }
     let started_at = Utc::now();
     let command = SessionCommand::Start {
         session_id,
         user_id,
         token_epoch: user.token_epoch,
+        second_factor: None,
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: started_at,
     };
@@ -207,12 +261,12 @@ pub(crate) async fn login(
         session_id,
         0,
         user.token_epoch,
-        Some(started_at),
+        Some((started_at, 1)),
     )?;
-    Ok(Json(LoginResponse {
+    Ok(Json(LoginOutcome::Tokens(LoginResponse {
         msg: format!("Congrats {} your credentials verfied.", user.username),
         tokens,
-    }))
+    })))
 }
 
 /// Loads the account `candidate` found (if any) and verifies `password` against its current

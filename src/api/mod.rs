@@ -9,6 +9,7 @@ pub mod error;
 pub mod export;
 pub mod layers;
 pub(crate) mod meta;
+pub(crate) mod mfa;
 pub mod openapi;
 pub(crate) mod password;
 pub(crate) mod profile;
@@ -38,6 +39,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
         password::routes(),
         tokens::routes(),
         sessions::routes(),
+        mfa::routes(),
         export::routes(),
         meta::routes(),
     ]

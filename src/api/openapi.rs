@@ -5,7 +5,7 @@
 
 use super::error::{BadRequest, ErrorDetail, ValidationErrors};
 use super::layers::QUOTA_PATHS;
-use super::{account, export, meta, password, profile, registration, sessions, tokens};
+use super::{account, export, meta, mfa, password, profile, registration, sessions, tokens};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
@@ -52,6 +52,12 @@ use utoipa::OpenApi;
         sessions::list_sessions,
         sessions::revoke_session,
         sessions::revoke_others,
+        mfa::login_second_factor,
+        mfa::factors,
+        mfa::totp_setup,
+        mfa::totp_confirm,
+        mfa::totp_disable,
+        mfa::regenerate_recovery_codes,
         export::export,
         meta::spectacular,
         meta::healthz,
@@ -63,6 +69,7 @@ use utoipa::OpenApi;
         (name = "session", description = "Login, token rotation, logout, the keys of access tokens"),
         (name = "account", description = "The caller's dashboard, profile and history"),
         (name = "password", description = "Change, and reset by e-mailed link"),
+        (name = "mfa", description = "Second factors: an authenticator app (TOTP) and recovery codes"),
         (name = "meta", description = "This document, liveness and readiness"),
     ),
     modifiers(&BearerAuth, &Aliases, &CommonErrors)

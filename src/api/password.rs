@@ -88,35 +88,7 @@ pub(crate) async fn change_password(
         confirm_password,
     } = body;
 
-    // The old password is guessed against the same bound as a login: a stolen access token is
-    // no guessing oracle. It is checked before the new one's policy, so that a flood of guesses
-    // is refused before it costs any CPU.
-    let key = email_key(&user.profile.email);
-    let source = source_of(meta.ip.as_deref());
-    state.throttle.admit(&key, &source).await??;
-    let id = user.user_id.to_string();
-    let checked = async {
-        let account = state.users.load(&id).await.map_err(aggregate_error)?;
-        let hash = match account.credential_id {
-            Some(credential) => store::password_hash(&state.pool, credential).await?,
-            None => None,
-        };
-        state.hasher.verify(&old, hash).await.map_err(hash_error)
-    }
-    .await;
-    match checked {
-        Ok(true) => state.throttle.succeeded(&key, &source).await?,
-        Ok(false) => {
-            return Err(ApiError::field(
-                "old_password",
-                "Old password is incorrect.",
-            ))
-        }
-        Err(error) => {
-            state.throttle.refund(&key, &source).await;
-            return Err(error);
-        }
-    }
+    verify_current_password(&state, &user, &meta, &old, "old_password").await?;
     let attributes = [
         ("username", user.profile.username.as_str()),
         ("email address", user.profile.email.as_str()),
@@ -139,8 +111,58 @@ pub(crate) async fn change_password(
         now: Utc::now(),
     };
     state.execute_user(user.user_id, command, &meta).await?;
-    state.throttle.password_replaced(&key, &source).await?;
+    state
+        .throttle
+        .password_replaced(
+            &email_key(&user.profile.email),
+            &source_of(meta.ip.as_deref()),
+        )
+        .await?;
     Ok(msg("Password changed successfully!"))
+}
+
+/// Checks the caller's current password, given in the body's `field`: a field error when wrong.
+/// It is guessed against the same bound as a login (429), so a stolen access token is no
+/// guessing oracle; checked before anything else of the request costs CPU.
+pub(crate) async fn verify_current_password(
+    state: &AppState,
+    user: &AuthUser,
+    meta: &RequestMeta,
+    password: &SecretString,
+    field: &str,
+) -> ApiResult<()> {
+    let key = email_key(&user.profile.email);
+    let source = source_of(meta.ip.as_deref());
+    state.throttle.admit(&key, &source).await??;
+    let id = user.user_id.to_string();
+    let checked = async {
+        let account = state.users.load(&id).await.map_err(aggregate_error)?;
+        let hash = match account.credential_id {
+            Some(credential) => store::password_hash(&state.pool, credential).await?,
+            None => None,
+        };
+        state
+            .hasher
+            .verify(password, hash)
+            .await
+            .map_err(hash_error)
+    }
+    .await;
+    match checked {
+        Ok(true) => Ok(state.throttle.succeeded(&key, &source).await?),
+        Ok(false) => {
+            let message = if field == "old_password" {
+                "Old password is incorrect."
+            } else {
+                "Password is incorrect."
+            };
+            Err(ApiError::field(field, message))
+        }
+        Err(error) => {
+            state.throttle.refund(&key, &source).await;
+            Err(error)
+        }
+    }
 }
 
 /// The body of `forget/password/`.

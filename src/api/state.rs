@@ -23,6 +23,7 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub keys: Arc<Keys>,
     pub links: LinkSigner,
+    pub second_factors: crate::auth::mfa::SecondFactorKeys,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     /// One per projector, in the same order: see [`projections::CatchUpGate`].
     pub catch_up_gates: Arc<Vec<Arc<projections::CatchUpGate>>>,

@@ -102,7 +102,9 @@ pub(crate) async fn refresh(
         session_id,
         done.state.generation,
         epoch,
-        done.state.started_at,
+        done.state
+            .started_at
+            .map(|at| (at, done.state.start_sequence.unwrap_or(1))),
     )?;
     Ok(Json(tokens))
 }

@@ -17,6 +17,8 @@ pub struct AuthUser {
     pub session_id: Uuid,
     /// The login the token names (see `AccessClaims::login_us`).
     pub login_us: Option<i64>,
+    /// The sequence of the session's `Started` event (see `AccessClaims::login_seq`).
+    pub login_seq: i64,
     /// The profile read model row, read while checking the token.
     pub profile: ProfileRow,
 }
@@ -62,6 +64,7 @@ impl FromRequestParts<AppState> for AuthUser {
             user_id: claims.sub,
             session_id: claims.sid,
             login_us: claims.login_us,
+            login_seq: claims.login_seq.unwrap_or(1),
             profile,
         })
     }
@@ -90,7 +93,11 @@ impl AuthUser {
             return Ok(());
         }
         let shown = state
-            .sync_read_models("Session", &self.session_id.to_string(), Some(1))
+            .sync_read_models(
+                "Session",
+                &self.session_id.to_string(),
+                Some(self.login_seq),
+            )
             .await?;
         if shown {
             state.note_login_seen(self.session_id);

@@ -37,6 +37,10 @@ pub struct AccessClaims {
     /// (read-your-writes without a wait at login).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_us: Option<i64>,
+    /// The sequence of the session's `Started` event, when it is not the stream's first (a
+    /// login completed by a second factor): what that first read waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_seq: Option<i64>,
 }
 
 struct Key {
@@ -174,7 +178,7 @@ impl Keys {
         user_id: Uuid,
         session_id: Uuid,
         epoch: u32,
-        login_at: Option<DateTime<Utc>>,
+        login: Option<(DateTime<Utc>, i64)>,
         now: DateTime<Utc>,
         ttl_secs: u64,
     ) -> anyhow::Result<String> {
@@ -190,7 +194,8 @@ impl Keys {
             token_type: ACCESS.to_owned(),
             sid: session_id,
             epoch,
-            login_us: login_at.map(|at| at.timestamp_micros()),
+            login_us: login.map(|(at, _)| at.timestamp_micros()),
+            login_seq: login.and_then(|(_, sequence)| (sequence != 1).then_some(sequence)),
         };
         let keys = self
             .keys

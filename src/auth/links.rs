@@ -3,11 +3,9 @@
 //! whether that request is still the live, unexpired, unused one. Refresh tokens work the same
 //! way over `(session, generation)`, so a lost response can be answered again.
 
-use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 use std::path::Path;
 use subtle::ConstantTimeEq;
@@ -21,6 +19,7 @@ pub enum Purpose {
     Activation,
     PasswordReset,
     Refresh,
+    SecondFactorChallenge,
 }
 
 impl Purpose {
@@ -29,6 +28,7 @@ impl Purpose {
             Purpose::Activation => b"activation",
             Purpose::PasswordReset => b"password-reset",
             Purpose::Refresh => b"refresh",
+            Purpose::SecondFactorChallenge => b"second-factor-challenge",
         }
     }
 }
@@ -45,18 +45,7 @@ impl LinkSigner {
 
     /// Reads the hex key at `path`, generating it first if the file does not exist.
     pub fn load_or_generate(path: &Path) -> anyhow::Result<Self> {
-        if path.exists() {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the link key {}", path.display()))?;
-            let bytes = decode_hex(text.trim()).context("the link key must be 64 hex digits")?;
-            return Ok(Self::new(bytes));
-        }
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        crate::auth::secrets::write_private(path, hex.as_bytes())?;
-        tracing::info!(path = %path.display(), "generated a new link key");
-        Ok(Self::new(key))
+        crate::auth::secrets::load_or_generate_key(path, "link key").map(Self::new)
     }
 
     fn mac(&self, purpose: Purpose, subject: Uuid, nonce: &[u8]) -> [u8; 32] {
@@ -116,6 +105,27 @@ impl LinkSigner {
     }
 }
 
+impl LinkSigner {
+    /// The token of a login's second-factor challenge: `<session id>~<HMAC>` (the session
+    /// stream holds the challenge; the aggregate decides whether it is still live).
+    pub fn challenge_token(&self, session_id: Uuid) -> String {
+        let mac = self.mac(Purpose::SecondFactorChallenge, session_id, &[]);
+        format!("{}~{}", session_id.simple(), URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    /// The session a genuine challenge token names.
+    pub fn verify_challenge(&self, token: &str) -> Option<Uuid> {
+        let (session, mac) = token.split_once('~')?;
+        if session.len() != 32 {
+            return None;
+        }
+        let session_id = Uuid::try_parse(session).ok()?;
+        let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
+        let expected = self.mac(Purpose::SecondFactorChallenge, session_id, &[]);
+        bool::from(given.ct_eq(&expected)).then_some(session_id)
+    }
+}
+
 /// `uidb64` of a link: the unpadded url-safe base64 of the user id's text, as Django makes it.
 pub fn uidb64(user_id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(user_id.to_string())
@@ -134,17 +144,6 @@ pub fn link_url(base: &str, user_id: Uuid, token: &str) -> String {
         uidb64(user_id),
         token
     )
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -181,6 +180,20 @@ mod tests {
         assert_eq!(signer.verify_refresh(&token), Some((session, 3)));
         let bumped = token.replacen(".3.", ".4.", 1);
         assert_eq!(signer.verify_refresh(&bumped), None);
+    }
+
+    #[test]
+    fn challenge_tokens_round_trip_and_are_no_refresh_tokens() {
+        let signer = LinkSigner::new([7; 32]);
+        let session = Uuid::new_v4();
+        let token = signer.challenge_token(session);
+        assert_eq!(signer.verify_challenge(&token), Some(session));
+        assert_eq!(signer.verify_refresh(&token), None);
+        assert_eq!(
+            signer.verify_challenge(&signer.refresh_token(session, 0)),
+            None
+        );
+        assert_eq!(LinkSigner::new([8; 32]).verify_challenge(&token), None);
     }
 
     #[test]

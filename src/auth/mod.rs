@@ -5,6 +5,7 @@ pub mod extractor;
 pub mod jwt;
 pub mod keyring;
 pub mod links;
+pub mod mfa;
 pub mod password;
 pub mod policy;
 pub mod secrets;

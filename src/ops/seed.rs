@@ -272,6 +272,7 @@ pub async fn seed(
                         session_id,
                         user_id,
                         method: aggregates::session::LoginMethod::Password,
+                        second_factor: None,
                         token_epoch: 0,
                         expires_at: at + Duration::days(7),
                         started_at: at,

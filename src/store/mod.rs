@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod db;
 pub mod events;
+pub mod mfa;
 pub mod timetravel;
 pub mod wake;
 

@@ -77,6 +77,27 @@ fn contract() -> BTreeMap<(&'static str, &'static str), Vec<u16>> {
             ("post", "/accounts/api/sessions/others/revoke/"),
             vec![200, 401, 503],
         ),
+        (
+            ("post", "/accounts/api/login/mfa/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (("get", "/accounts/api/mfa/"), vec![200, 401, 503]),
+        (
+            ("post", "/accounts/api/mfa/totp/setup/"),
+            vec![200, 400, 401, 503],
+        ),
+        (
+            ("post", "/accounts/api/mfa/totp/confirm/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/mfa/totp/disable/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/mfa/recovery-codes/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
         (("get", "/accounts/api/spectacular/"), vec![200]),
         (("get", "/healthz"), vec![200]),
         (("get", "/readyz"), vec![200, 503]),
@@ -334,7 +355,7 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_service
         "Schemathesis found failures:\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(report.contains("Tested: 23"), "{report}");
+    assert!(report.contains("Tested: 29"), "{report}");
     let _ = std::fs::remove_dir_all(cleanup);
 }
 

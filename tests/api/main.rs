@@ -16,6 +16,7 @@ mod history;
 mod jwt_attacks;
 mod links;
 mod login;
+mod mfa;
 mod meta;
 mod operations;
 mod processes;

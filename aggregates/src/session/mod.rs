@@ -13,14 +13,33 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Wrong second-factor codes one login challenge takes before it is spent (the password must
+/// then be given again, under its own guessing bound).
+pub const MAX_SECOND_FACTOR_FAILURES: u32 = 5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionCommand {
+    /// With `second_factor`, the stream must hold a live challenge for `user_id` (the code was
+    /// checked by the caller); without, it must be new.
     Start {
         session_id: Uuid,
         user_id: Uuid,
         /// The user's token epoch at login; the chain dies when it moves on.
         token_epoch: u32,
+        second_factor: Option<SecondFactor>,
         ttl: Duration,
+        now: DateTime<Utc>,
+    },
+    /// The password was right and the account has a second factor: the login waits for it.
+    Challenge {
+        user_id: Uuid,
+        methods: Vec<SecondFactor>,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    },
+    /// A wrong (or replayed) code was given for the challenge.
+    RecordSecondFactorFailure {
+        method: SecondFactor,
         now: DateTime<Utc>,
     },
     Refresh {
@@ -63,6 +82,24 @@ pub enum RevocationReason {
     RefreshTokenReuse,
 }
 
+/// A second factor a login can be completed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactor {
+    /// A code of the authenticator app (RFC 6238).
+    Totp,
+    /// One of the one-time recovery codes.
+    RecoveryCode,
+}
+
+/// A login waiting for its second factor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub user_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub failures: u32,
+}
+
 /// How a user proved who they are at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,9 +114,25 @@ pub enum SessionEvent {
         session_id: Uuid,
         user_id: Uuid,
         method: LoginMethod,
+        /// The second factor that completed the login (absent when none was needed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        second_factor: Option<SecondFactor>,
         token_epoch: u32,
         expires_at: DateTime<Utc>,
         started_at: DateTime<Utc>,
+    },
+    /// The password was right; the login needs one of `methods` before `expires_at`.
+    SecondFactorRequired {
+        user_id: Uuid,
+        methods: Vec<SecondFactor>,
+        expires_at: DateTime<Utc>,
+        challenged_at: DateTime<Utc>,
+    },
+    /// A wrong or replayed second-factor code.
+    SecondFactorFailed {
+        user_id: Uuid,
+        method: SecondFactor,
+        failed_at: DateTime<Utc>,
     },
     Refreshed {
         user_id: Uuid,
@@ -117,6 +170,8 @@ impl DomainEvent for SessionEvent {
             SessionEvent::Revoked { .. } => "Revoked",
             SessionEvent::LoginFailed { .. } => "LoginFailed",
             SessionEvent::LoginRefused { .. } => "LoginRefused",
+            SessionEvent::SecondFactorRequired { .. } => "SecondFactorRequired",
+            SessionEvent::SecondFactorFailed { .. } => "SecondFactorFailed",
         }
         .to_owned()
     }
@@ -137,6 +192,9 @@ pub enum SessionError {
     /// Unknown, expired, logged out, revoked, or outdated by a password change.
     #[error("refresh token is not valid")]
     InvalidToken,
+    /// Unknown, expired, spent by too many wrong codes, or used already.
+    #[error("login challenge is not valid")]
+    InvalidChallenge,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,6 +209,27 @@ pub struct Session {
     /// When the login started the session.
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
+    /// The second-factor challenge this login began with, if any.
+    #[serde(default)]
+    pub challenge: Option<Challenge>,
+    /// Events applied so far: the stream's last sequence.
+    #[serde(default)]
+    pub events: i64,
+    /// The sequence of the `Started` event (1 unless a challenge came first).
+    #[serde(default)]
+    pub start_sequence: Option<i64>,
+}
+
+impl Session {
+    /// The challenge, while it can still complete the login at `now`.
+    pub fn live_challenge(&self, now: DateTime<Utc>) -> Option<&Challenge> {
+        self.challenge.as_ref().filter(|c| {
+            self.user_id.is_none()
+                && !self.ended
+                && now < c.expires_at
+                && c.failures < MAX_SECOND_FACTOR_FAILURES
+        })
+    }
 }
 
 impl Session {
@@ -160,19 +239,57 @@ impl Session {
                 session_id,
                 user_id,
                 token_epoch,
+                second_factor,
                 ttl,
                 now,
             } => {
                 if self.user_id.is_some() {
                     return Err(SessionError::AlreadyStarted);
                 }
+                match second_factor {
+                    Some(_) => match self.live_challenge(now) {
+                        Some(challenge) if challenge.user_id == user_id => {}
+                        _ => return Err(SessionError::InvalidChallenge),
+                    },
+                    None if self.challenge.is_some() || self.ended => {
+                        return Err(SessionError::AlreadyStarted)
+                    }
+                    None => {}
+                }
                 Ok(vec![SessionEvent::Started {
                     session_id,
                     user_id,
                     method: LoginMethod::Password,
+                    second_factor,
                     token_epoch,
                     expires_at: now + ttl,
                     started_at: now,
+                }])
+            }
+            SessionCommand::Challenge {
+                user_id,
+                methods,
+                ttl,
+                now,
+            } => {
+                if self.user_id.is_some() || self.challenge.is_some() || self.ended {
+                    return Err(SessionError::AlreadyStarted);
+                }
+                Ok(vec![SessionEvent::SecondFactorRequired {
+                    user_id,
+                    methods,
+                    expires_at: now + ttl,
+                    challenged_at: now,
+                }])
+            }
+            SessionCommand::RecordSecondFactorFailure { method, now } => {
+                let challenge = self
+                    .live_challenge(now)
+                    .ok_or(SessionError::InvalidChallenge)?;
+                Ok(vec![SessionEvent::SecondFactorFailed {
+                    user_id: challenge.user_id,
+                    method,
+                    failed_at: now,
                 }])
             }
             SessionCommand::Refresh {
@@ -211,7 +328,7 @@ impl Session {
                 Err(SessionError::InvalidToken)
             }
             SessionCommand::RecordFailedLogin { user_id, now } => {
-                if self.user_id.is_some() || self.ended {
+                if self.user_id.is_some() || self.challenge.is_some() || self.ended {
                     return Err(SessionError::AlreadyStarted);
                 }
                 Ok(vec![SessionEvent::LoginFailed {
@@ -224,7 +341,7 @@ impl Session {
                 reason,
                 now,
             } => {
-                if self.user_id.is_some() || self.ended {
+                if self.user_id.is_some() || self.challenge.is_some() || self.ended {
                     return Err(SessionError::AlreadyStarted);
                 }
                 Ok(vec![SessionEvent::LoginRefused {
@@ -267,6 +384,7 @@ impl Aggregate for Session {
     }
 
     fn apply(&mut self, event: SessionEvent) {
+        self.events += 1;
         match event {
             SessionEvent::Started {
                 user_id,
@@ -279,6 +397,7 @@ impl Aggregate for Session {
                 self.token_epoch = token_epoch;
                 self.expires_at = Some(expires_at);
                 self.started_at = Some(started_at);
+                self.start_sequence = Some(self.events);
             }
             SessionEvent::Refreshed {
                 generation,
@@ -289,6 +408,22 @@ impl Aggregate for Session {
                 self.generation = generation;
                 self.expires_at = Some(expires_at);
                 self.last_refreshed_at = Some(refreshed_at);
+            }
+            SessionEvent::SecondFactorRequired {
+                user_id,
+                expires_at,
+                ..
+            } => {
+                self.challenge = Some(Challenge {
+                    user_id,
+                    expires_at,
+                    failures: 0,
+                })
+            }
+            SessionEvent::SecondFactorFailed { .. } => {
+                if let Some(challenge) = &mut self.challenge {
+                    challenge.failures += 1;
+                }
             }
             SessionEvent::LoggedOut { .. }
             | SessionEvent::Revoked { .. }

@@ -21,6 +21,7 @@ fn started() -> SessionEvent {
         session_id: Uuid::from_u128(7),
         user_id: user(),
         method: LoginMethod::Password,
+        second_factor: None,
         token_epoch: 0,
         expires_at: t0() + Duration::days(7),
         started_at: t0(),
@@ -54,6 +55,7 @@ fn login_starts_a_session() {
             session_id: Uuid::from_u128(7),
             user_id: user(),
             token_epoch: 0,
+            second_factor: None,
             ttl: Duration::days(7),
             now: t0(),
         })
@@ -64,6 +66,7 @@ fn login_starts_a_session() {
             session_id: Uuid::from_u128(7),
             user_id: user(),
             token_epoch: 0,
+            second_factor: None,
             ttl: Duration::days(7),
             now: t0(),
         })

@@ -59,6 +59,34 @@ pub enum UserCommand {
         credential_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// The caller stored a new, encrypted TOTP secret under `enrolment_id`.
+    StartTotpSetup {
+        enrolment_id: Uuid,
+        now: DateTime<Utc>,
+    },
+    /// The caller checked a code of the pending secret and stored the hashes of the first
+    /// recovery codes under `recovery_batch_id`.
+    EnableTotp {
+        enrolment_id: Uuid,
+        recovery_batch_id: Uuid,
+        recovery_codes: u32,
+        now: DateTime<Utc>,
+    },
+    /// The caller checked the password and a code.
+    DisableTotp {
+        now: DateTime<Utc>,
+    },
+    /// The caller checked the password and stored the new codes' hashes under `batch_id`.
+    RegenerateRecoveryCodes {
+        batch_id: Uuid,
+        count: u32,
+        now: DateTime<Utc>,
+    },
+    /// The caller marked one code of `batch_id` used (single use is the store's: one update).
+    UseRecoveryCode {
+        batch_id: Uuid,
+        now: DateTime<Utc>,
+    },
 }
 
 /// The profile fields a request sets; `None` leaves a field as it is.

@@ -11,4 +11,12 @@ pub enum UserError {
     InvalidActivationLink,
     #[error("reset link is invalid or expired")]
     InvalidResetLink,
+    #[error("a second factor is enabled already")]
+    SecondFactorEnabled,
+    #[error("no second factor is enabled")]
+    SecondFactorNotEnabled,
+    #[error("no TOTP set-up is pending with this secret")]
+    NoPendingSetup,
+    #[error("this recovery code is not one of the current ones")]
+    StaleRecoveryCodes,
 }

@@ -26,6 +26,14 @@ pub enum ActivationRefusal {
     AlreadyActive,
 }
 
+/// Why TOTP stopped guarding an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactorRemoval {
+    /// The owner turned it off (with the password and a code).
+    Owner,
+}
+
 /// Facts about one account. No event ever holds a password, a hash or a usable token: links are
 /// identified by `request_id` and their tokens are an HMAC of it with a server key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +101,35 @@ pub enum UserEvent {
         username: String,
         reset_at: DateTime<Utc>,
     },
+    /// TOTP enrolment began: a secret was made. The secret itself is never in an event: it is
+    /// held encrypted beside the store under `enrolment_id` (see `mfa_totp`).
+    TotpSetupStarted {
+        enrolment_id: Uuid,
+        started_at: DateTime<Utc>,
+    },
+    /// The enrolment's first code was right: logins now need a second factor.
+    TotpEnabled {
+        enrolment_id: Uuid,
+        enabled_at: DateTime<Utc>,
+    },
+    /// TOTP no longer guards the account; its recovery codes are void too.
+    TotpDisabled {
+        reason: SecondFactorRemoval,
+        disabled_at: DateTime<Utc>,
+    },
+    /// `count` new recovery codes replace any earlier ones. They are shown once and held only
+    /// as keyed hashes beside the store under `batch_id` (see `mfa_recovery_code`).
+    RecoveryCodesGenerated {
+        batch_id: Uuid,
+        count: u32,
+        generated_at: DateTime<Utc>,
+    },
+    /// One recovery code of `batch_id` was used (for a login or to turn TOTP off).
+    RecoveryCodeUsed {
+        batch_id: Uuid,
+        remaining: u32,
+        used_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -107,6 +144,11 @@ impl DomainEvent for UserEvent {
             UserEvent::PasswordChanged { .. } => "PasswordChanged",
             UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
             UserEvent::PasswordReset { .. } => "PasswordReset",
+            UserEvent::TotpSetupStarted { .. } => "TotpSetupStarted",
+            UserEvent::TotpEnabled { .. } => "TotpEnabled",
+            UserEvent::TotpDisabled { .. } => "TotpDisabled",
+            UserEvent::RecoveryCodesGenerated { .. } => "RecoveryCodesGenerated",
+            UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
         }
         .to_owned()
     }

@@ -8,7 +8,7 @@ mod tests;
 
 pub use commands::{LinkIssue, ProfileChanges, UserCommand};
 pub use error::UserError;
-pub use events::{ActivationMethod, ActivationRefusal, UserEvent};
+pub use events::{ActivationMethod, ActivationRefusal, SecondFactorRemoval, UserEvent};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -72,6 +72,32 @@ pub struct User {
     /// recorded once a minute.
     #[serde(default)]
     pub last_activation_refusal: Option<(Uuid, DateTime<Utc>)>,
+    /// The second factors guarding logins.
+    #[serde(default)]
+    pub mfa: SecondFactors,
+}
+
+/// An account's second factors. The secrets are not here: the ids name them in the tables
+/// beside the store, as `credential_id` names the password hash.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecondFactors {
+    /// The enrolment whose secret logins are checked against; `None` when TOTP is off.
+    pub totp: Option<Uuid>,
+    /// A set-up waiting for its first code.
+    pub pending_totp: Option<Uuid>,
+    /// The current recovery codes: their batch and how many are unused.
+    pub recovery_codes: Option<(Uuid, u32)>,
+}
+
+impl SecondFactors {
+    /// Whether a login needs a second factor.
+    pub fn required(&self) -> bool {
+        self.totp.is_some()
+    }
+
+    pub fn recovery_codes_left(&self) -> u32 {
+        self.recovery_codes.map_or(0, |(_, left)| left)
+    }
 }
 
 impl User {
@@ -181,6 +207,22 @@ impl Aggregate for User {
                 self.token_epoch += 1;
                 self.reset = None;
             }
+            UserEvent::TotpSetupStarted { enrolment_id, .. } => {
+                self.mfa.pending_totp = Some(enrolment_id)
+            }
+            UserEvent::TotpEnabled { enrolment_id, .. } => {
+                self.mfa.totp = Some(enrolment_id);
+                self.mfa.pending_totp = None;
+            }
+            UserEvent::TotpDisabled { .. } => self.mfa = SecondFactors::default(),
+            UserEvent::RecoveryCodesGenerated {
+                batch_id, count, ..
+            } => self.mfa.recovery_codes = Some((batch_id, count)),
+            UserEvent::RecoveryCodeUsed {
+                batch_id,
+                remaining,
+                ..
+            } => self.mfa.recovery_codes = Some((batch_id, remaining)),
         }
     }
 }
@@ -345,6 +387,79 @@ impl User {
                         Ok(events)
                     }
                     _ => Err(UserError::InvalidResetLink),
+                }
+            }
+            UserCommand::StartTotpSetup { enrolment_id, now } => {
+                self.registered()?;
+                if self.mfa.totp.is_some() {
+                    return Err(UserError::SecondFactorEnabled);
+                }
+                Ok(vec![UserEvent::TotpSetupStarted {
+                    enrolment_id,
+                    started_at: now,
+                }])
+            }
+            UserCommand::EnableTotp {
+                enrolment_id,
+                recovery_batch_id,
+                recovery_codes,
+                now,
+            } => {
+                self.registered()?;
+                if self.mfa.totp.is_some() {
+                    return Err(UserError::SecondFactorEnabled);
+                }
+                if self.mfa.pending_totp != Some(enrolment_id) {
+                    return Err(UserError::NoPendingSetup);
+                }
+                Ok(vec![
+                    UserEvent::TotpEnabled {
+                        enrolment_id,
+                        enabled_at: now,
+                    },
+                    UserEvent::RecoveryCodesGenerated {
+                        batch_id: recovery_batch_id,
+                        count: recovery_codes,
+                        generated_at: now,
+                    },
+                ])
+            }
+            UserCommand::DisableTotp { now } => {
+                self.registered()?;
+                if self.mfa.totp.is_none() {
+                    return Err(UserError::SecondFactorNotEnabled);
+                }
+                Ok(vec![UserEvent::TotpDisabled {
+                    reason: SecondFactorRemoval::Owner,
+                    disabled_at: now,
+                }])
+            }
+            UserCommand::RegenerateRecoveryCodes {
+                batch_id,
+                count,
+                now,
+            } => {
+                self.registered()?;
+                if self.mfa.totp.is_none() {
+                    return Err(UserError::SecondFactorNotEnabled);
+                }
+                Ok(vec![UserEvent::RecoveryCodesGenerated {
+                    batch_id,
+                    count,
+                    generated_at: now,
+                }])
+            }
+            UserCommand::UseRecoveryCode { batch_id, now } => {
+                self.registered()?;
+                match self.mfa.recovery_codes {
+                    Some((current, left)) if current == batch_id && left > 0 => {
+                        Ok(vec![UserEvent::RecoveryCodeUsed {
+                            batch_id,
+                            remaining: left - 1,
+                            used_at: now,
+                        }])
+                    }
+                    _ => Err(UserError::StaleRecoveryCodes),
                 }
             }
         }
