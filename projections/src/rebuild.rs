@@ -223,7 +223,10 @@ async fn secondary_indexes(pool: &PgPool, table: &str, copy: &str) -> anyhow::Re
                 .find(" USING ")
                 .ok_or_else(|| anyhow::anyhow!("unexpected index definition: {definition}"))?;
             let unique = if unique { "unique " } else { "" };
-            Ok(format!("create {unique}index on {copy}{}", &definition[at..]))
+            Ok(format!(
+                "create {unique}index on {copy}{}",
+                &definition[at..]
+            ))
         })
         .collect()
 }

@@ -348,8 +348,10 @@ pub struct HistoryItem {
     /// One of `registered`, `duplicate_registration_attempted`, `activation_link_sent`,
     /// `activated`, `activation_refused`, `logged_in`, `login_failed`, `login_refused`,
     /// `token_refreshed`, `logged_out`, `profile_updated`, `password_changed`,
-    /// `password_reset_requested`, `password_reset`, `sessions_revoked` (docs/ANALYTICS.md
-    /// lists each one's `details`).
+    /// `password_reset_requested`, `password_reset`, `sessions_revoked`, `totp_setup_started`,
+    /// `totp_enabled`, `totp_disabled`, `recovery_codes_generated`, `recovery_code_used`,
+    /// `second_factor_required`, `second_factor_failed` (docs/ANALYTICS.md lists each one's
+    /// `details`).
     pub event: String,
     pub occurred_at: chrono::DateTime<Utc>,
     /// The client address the request came from, if known.

@@ -36,7 +36,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/accounts/api/mfa/totp/setup/", post(totp_setup)),
         ("/accounts/api/mfa/totp/confirm/", post(totp_confirm)),
         ("/accounts/api/mfa/totp/disable/", post(totp_disable)),
-        ("/accounts/api/mfa/recovery-codes/", post(regenerate_recovery_codes)),
+        (
+            "/accounts/api/mfa/recovery-codes/",
+            post(regenerate_recovery_codes),
+        ),
         ("/accounts/api/login/mfa/", post(login_second_factor)),
     ]
 }
@@ -73,7 +76,7 @@ fn invalid_challenge() -> ApiError {
 
 fn totp_enabled_already() -> ApiError {
     ApiError::detail(
-        StatusCode::BAD_REQUEST,
+        StatusCode::CONFLICT,
         "mfa_enabled",
         "Two-factor authentication is on already; turn it off first to set up a new authenticator.",
     )
@@ -81,7 +84,7 @@ fn totp_enabled_already() -> ApiError {
 
 fn totp_not_enabled() -> ApiError {
     ApiError::detail(
-        StatusCode::BAD_REQUEST,
+        StatusCode::CONFLICT,
         "mfa_not_enabled",
         "Two-factor authentication is not on.",
     )
@@ -102,7 +105,8 @@ async fn totp_code_ok(
         .second_factors
         .open(enrolment, &sealed)
         .map_err(ApiError::Internal)?;
-    let totp = mfa::totp(secret, &state.settings.totp_issuer, account).map_err(ApiError::Internal)?;
+    let totp =
+        mfa::totp(secret, &state.settings.totp_issuer, account).map_err(ApiError::Internal)?;
     let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
     match mfa::matching_step(&totp, code, now) {
         Some(step) if step > last_step => {
@@ -272,7 +276,7 @@ pub struct TotpSetup {
     security(("bearer" = [])),
     responses(
         (status = 200, body = TotpSetup),
-        (status = 400, description = "TOTP is on already (code `mfa_enabled`)", body = crate::api::error::ErrorDetail),
+        (status = 409, description = "TOTP is on already (code `mfa_enabled`)", body = crate::api::error::ErrorDetail),
     )
 )]
 pub(crate) async fn totp_setup(
@@ -322,7 +326,12 @@ pub(crate) async fn totp_setup(
 #[derive(ToSchema)]
 pub struct TotpConfirmRequest {
     /// The code the app shows now.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "123456")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$",
+        example = "123456"
+    )]
     pub code: String,
 }
 
@@ -368,7 +377,8 @@ pub struct RecoveryCodes {
     request_body = TotpConfirmRequest,
     responses(
         (status = 200, body = RecoveryCodes),
-        (status = 400, description = "Wrong or used code, no set-up waiting (field `code`), or TOTP on already (code `mfa_enabled`)", body = crate::api::error::BadRequest),
+        (status = 400, description = "Wrong or used code, or no set-up waiting (field `code`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
+        (status = 409, description = "TOTP is on already (code `mfa_enabled`)", body = crate::api::error::ErrorDetail),
         (status = 429, description = "Too many wrong codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
@@ -439,7 +449,12 @@ pub struct TotpDisableRequest {
     #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
     pub password: SecretString,
     /// A code of the authenticator app, or an unused recovery code.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "123456")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$",
+        example = "123456"
+    )]
     pub code: String,
 }
 
@@ -465,7 +480,8 @@ impl FromBody for TotpDisableRequest {
     request_body = TotpDisableRequest,
     responses(
         (status = 200, body = Msg),
-        (status = 400, description = "Wrong password (field `password`), wrong code (field `code`), or TOTP not on (code `mfa_not_enabled`)", body = crate::api::error::BadRequest),
+        (status = 400, description = "Wrong password (field `password`) or wrong code (field `code`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
+        (status = 409, description = "TOTP is not on (code `mfa_not_enabled`)", body = crate::api::error::ErrorDetail),
         (status = 429, description = "Too many wrong passwords or codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
@@ -525,7 +541,8 @@ impl FromBody for PasswordRequest {
     request_body = PasswordRequest,
     responses(
         (status = 200, body = RecoveryCodes),
-        (status = 400, description = "Wrong password (field `password`) or TOTP not on (code `mfa_not_enabled`)", body = crate::api::error::BadRequest),
+        (status = 400, description = "Wrong password (field `password`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
+        (status = 409, description = "TOTP is not on (code `mfa_not_enabled`)", body = crate::api::error::ErrorDetail),
         (status = 429, description = "Too many wrong passwords from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
@@ -566,7 +583,12 @@ pub struct SecondFactorLoginRequest {
     #[schema(value_type = String, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
     pub mfa_token: ChallengeToken,
     /// A code of the authenticator app, or an unused recovery code.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$", example = "123456")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$",
+        example = "123456"
+    )]
     pub code: String,
 }
 
@@ -596,7 +618,7 @@ impl FromBody for SecondFactorLoginRequest {
     request_body = SecondFactorLoginRequest,
     responses(
         (status = 200, body = LoginResponse),
-        (status = 400, description = "Wrong, expired or used code (field `code`)", body = crate::api::error::BadRequest),
+        (status = 400, description = "Wrong, expired or used code (field `code`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
         (status = 401, description = "The challenge is not ours, expired, used, or spent by wrong codes (code `token_not_valid`)", body = crate::api::error::ErrorDetail),
         (status = 429, description = "Too many wrong codes for this account from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )

@@ -203,7 +203,10 @@ mod tests {
         let totp = totp(secret, "accounts", "a@example.com").unwrap();
         assert_eq!(totp.generate(59), "287082");
         assert_eq!(totp.generate(1_111_111_109), "081804");
-        assert_eq!(matching_step(&totp, "081804", 1_111_111_109), Some(37_037_036));
+        assert_eq!(
+            matching_step(&totp, "081804", 1_111_111_109),
+            Some(37_037_036)
+        );
         // One step later still matches (drift); two steps later it does not.
         assert_eq!(
             matching_step(&totp, "081804", 1_111_111_109 + 30),

@@ -54,13 +54,11 @@ pub async fn delete_totp_except(
     user_id: Uuid,
     keep: Option<Uuid>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "delete from mfa_totp where user_id = $1 and enrolment_id is distinct from $2",
-    )
-    .bind(user_id)
-    .bind(keep)
-    .execute(db)
-    .await?;
+    sqlx::query("delete from mfa_totp where user_id = $1 and enrolment_id is distinct from $2")
+        .bind(user_id)
+        .bind(keep)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

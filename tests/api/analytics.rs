@@ -168,12 +168,11 @@ async fn a_rebuilt_read_model_equals_the_live_one() {
     caught_up(&app).await;
     let live = read_models(&app.pool).await;
     assert!(!live.0.is_empty() && !live.1.is_empty());
-    let agents: Vec<String> = sqlx::query_scalar(
-        "select user_agent from user_history where user_agent like 'odd%'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let agents: Vec<String> =
+        sqlx::query_scalar("select user_agent from user_history where user_agent like 'odd%'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(agents, [odd_agent]);
     for projector in projections::all() {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})

@@ -432,6 +432,29 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
     )
     .await;
     drop(rotated);
+    // Second factors: set up and confirmed (TotpSetupStarted, TotpEnabled,
+    // RecoveryCodesGenerated), a login's challenge (SecondFactorRequired) with a wrong code
+    // (SecondFactorFailed) and a recovery code (RecoveryCodeUsed), then turned off (TotpDisabled).
+    let third_password = "a third passphrase for py";
+    let fourth = json_of(app.login(email, third_password).await, StatusCode::OK).await;
+    let access = fourth["access_token"].as_str().unwrap().to_owned();
+    let (authenticator, codes) = crate::mfa::enable(&app, &access).await;
+    let token = crate::mfa::challenge(&app, email, third_password).await;
+    let wrong = crate::mfa::second_step(&app, &token, &authenticator.wrong_code()).await;
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    let done = json_of(
+        crate::mfa::second_step(&app, &token, &codes[0]).await,
+        StatusCode::OK,
+    )
+    .await;
+    let off = app
+        .post_authed(
+            "/accounts/api/mfa/totp/disable/",
+            done["access_token"].as_str().unwrap(),
+            &serde_json::json!({"password": third_password, "code": codes[1]}),
+        )
+        .await;
+    assert_eq!(off.status(), StatusCode::OK);
     app.wait_for_relay().await;
     let total = app.event_count().await as usize;
     let python = tokio::task::spawn_blocking(python_for_examples)
@@ -475,7 +498,7 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
             published.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
     }
-    assert!(published.len() >= 15, "{published:?}");
+    assert!(published.len() >= 22, "{published:?}");
     for expected in &published {
         assert!(types.contains(expected.as_str()), "no {expected}: {stdout}");
     }

@@ -8,36 +8,27 @@ use serde_json::{json, Value};
 use totp_rs::{Algorithm, Secret, TOTP};
 
 /// The authenticator app of the tests: the set-up's secret, read the way an app reads it.
-struct Authenticator {
+pub(crate) struct Authenticator {
     totp: TOTP,
 }
 
 impl Authenticator {
-    fn from_setup(setup: &Value) -> Self {
+    pub(crate) fn from_setup(setup: &Value) -> Self {
         let secret = Secret::Encoded(setup["secret"].as_str().unwrap().to_owned())
             .to_bytes()
             .unwrap();
-        let totp = TOTP::new(
-            Algorithm::SHA1,
-            6,
-            1,
-            30,
-            secret,
-            None,
-            "test".to_owned(),
-        )
-        .unwrap();
+        let totp = TOTP::new(Algorithm::SHA1, 6, 1, 30, secret, None, "test".to_owned()).unwrap();
         Self { totp }
     }
 
     /// The code `steps` 30-second steps from now.
-    fn code(&self, steps: i64) -> String {
+    pub(crate) fn code(&self, steps: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         self.totp.generate((now + steps * 30) as u64)
     }
 
     /// A six-digit code that is none of the codes the service would take now.
-    fn wrong_code(&self) -> String {
+    pub(crate) fn wrong_code(&self) -> String {
         let taken = [self.code(-1), self.code(0), self.code(1)];
         (0..)
             .map(|n: u32| format!("{:06}", (n * 7919) % 1_000_000))
@@ -56,7 +47,7 @@ async fn setup(app: &TestApp, access: &str) -> Value {
 }
 
 /// Sets up and confirms TOTP: the app and the recovery codes.
-async fn enable(app: &TestApp, access: &str) -> (Authenticator, Vec<String>) {
+pub(crate) async fn enable(app: &TestApp, access: &str) -> (Authenticator, Vec<String>) {
     let setup = setup(app, access).await;
     let app_ = Authenticator::from_setup(&setup);
     let body = json_of(
@@ -79,14 +70,14 @@ async fn enable(app: &TestApp, access: &str) -> (Authenticator, Vec<String>) {
 }
 
 /// Logs in with the password and expects a challenge: its token.
-async fn challenge(app: &TestApp, email: &str, password: &str) -> String {
+pub(crate) async fn challenge(app: &TestApp, email: &str, password: &str) -> String {
     let body = json_of(app.login(email, password).await, StatusCode::OK).await;
     assert_eq!(body["mfa_required"], true, "{body}");
     assert!(body.get("access_token").is_none(), "{body}");
     body["mfa_token"].as_str().unwrap().to_owned()
 }
 
-async fn second_step(app: &TestApp, token: &str, code: &str) -> reqwest::Response {
+pub(crate) async fn second_step(app: &TestApp, token: &str, code: &str) -> reqwest::Response {
     app.post(
         "/accounts/api/login/mfa/",
         &json!({"mfa_token": token, "code": code}),
@@ -151,7 +142,7 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
         json_of(
             app.post_authed("/accounts/api/mfa/totp/setup/", &access, &json!({}))
                 .await,
-            StatusCode::BAD_REQUEST
+            StatusCode::CONFLICT
         )
         .await["code"],
         "mfa_enabled"
@@ -178,14 +169,14 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
     let mfa_access = done["access_token"].as_str().unwrap().to_owned();
     assert!(done["refresh_token"].is_string());
     let dashboard = json_of(
-        app.get_authed("/accounts/api/dashboard/", &mfa_access).await,
+        app.get_authed("/accounts/api/dashboard/", &mfa_access)
+            .await,
         StatusCode::OK,
     )
     .await;
     assert_eq!(dashboard["user"]["email"], email);
     assert_eq!(
-        dashboard["recent_history"][0]["details"]["second_factor"],
-        "totp",
+        dashboard["recent_history"][0]["details"]["second_factor"], "totp",
         "{dashboard}"
     );
 
@@ -250,7 +241,11 @@ async fn a_recovery_code_logs_in_once_and_new_codes_void_the_old_ones() {
     assert_eq!(factors(&app, &access).await["recovery_codes_left"], 9);
     let token = challenge(&app, email, PASSWORD).await;
     let used = second_step(&app, &token, &codes[0]).await;
-    assert_eq!(used.status(), StatusCode::BAD_REQUEST, "a used code is refused");
+    assert_eq!(
+        used.status(),
+        StatusCode::BAD_REQUEST,
+        "a used code is refused"
+    );
 
     // New codes need the password; afterwards the old ones are void and the new ones work.
     let refused = app
@@ -434,7 +429,7 @@ async fn a_password_reset_keeps_the_second_factor_and_turning_it_off_needs_passw
         )
         .await;
     assert_eq!(
-        json_of(again, StatusCode::BAD_REQUEST).await["code"],
+        json_of(again, StatusCode::CONFLICT).await["code"],
         "mfa_not_enabled"
     );
     // The secrets of the turned-off factor are gone from the database.
@@ -507,9 +502,17 @@ async fn no_second_factor_secret_reaches_events_messages_history_or_the_database
     .unwrap();
     assert!(events.iter().any(|e| e.contains("TotpEnabled")));
     assert!(messages.iter().any(|m| m.contains("SecondFactorRequired")));
-    for haystack in events.iter().chain(&history).chain(&messages).chain(&tables) {
+    for haystack in events
+        .iter()
+        .chain(&history)
+        .chain(&messages)
+        .chain(&tables)
+    {
         for needle in &needles {
-            assert!(!haystack.contains(needle.as_str()), "{needle} in {haystack}");
+            assert!(
+                !haystack.contains(needle.as_str()),
+                "{needle} in {haystack}"
+            );
         }
     }
     // Nor the raw secret bytes in the sealed row.

@@ -658,6 +658,61 @@ async fn at_trace_level_the_log_holds_no_password_token_or_hash() {
     )
     .await;
     assert_eq!(done.status(), 200);
+    // A second factor: set up, confirmed, and a login completed with a recovery code. (Its
+    // six-digit code is not searched for: any microsecond of a timestamp could match it.)
+    let authed = |path: &'static str, token: String, body: serde_json::Value| {
+        let (client, api) = (&client, &api);
+        async move {
+            let response = client
+                .post(format!("{api}{path}"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let login: serde_json::Value = post(
+        "/accounts/api/login/".into(),
+        serde_json::json!({"email": email, "password": new_secret}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let access2 = login["access_token"].as_str().unwrap().to_owned();
+    let setup = authed(
+        "/accounts/api/mfa/totp/setup/",
+        access2.clone(),
+        serde_json::json!({}),
+    )
+    .await;
+    let totp_secret = setup["secret"].as_str().unwrap().to_owned();
+    let totp_code = crate::mfa::Authenticator::from_setup(&setup).code(0);
+    let confirmed = authed(
+        "/accounts/api/mfa/totp/confirm/",
+        access2,
+        serde_json::json!({"code": totp_code}),
+    )
+    .await;
+    let recovery_code = confirmed["recovery_codes"][0].as_str().unwrap().to_owned();
+    let challenge: serde_json::Value = post(
+        "/accounts/api/login/".into(),
+        serde_json::json!({"email": email, "password": new_secret}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let mfa_token = challenge["mfa_token"].as_str().unwrap().to_owned();
+    let completed = post(
+        "/accounts/api/login/mfa/".into(),
+        serde_json::json!({"mfa_token": mfa_token, "code": recovery_code}),
+    )
+    .await;
+    assert_eq!(completed.status(), 200);
     let hash: String =
         sqlx::query_scalar("select password_hash from credential order by created_at desc limit 1")
             .fetch_one(&sqlx::PgPool::connect(&settings.database_url).await.unwrap())
@@ -680,6 +735,9 @@ async fn at_trace_level_the_log_holds_no_password_token_or_hash() {
         ("refresh token", refresh.as_str()),
         ("rotated refresh token", second_refresh.as_str()),
         ("password hash", hash.as_str()),
+        ("TOTP secret", totp_secret.as_str()),
+        ("recovery code", recovery_code.as_str()),
+        ("login challenge token", mfa_token.as_str()),
     ] {
         assert!(!log.contains(secret), "the log holds the {what}");
     }

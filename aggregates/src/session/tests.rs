@@ -219,3 +219,93 @@ fn a_login_refused_as_inactive_is_recorded_in_a_stream_of_its_own_and_is_no_sess
         .when(refresh(0, 0, t0()))
         .then_expect_error(SessionError::InvalidToken);
 }
+
+fn challenged() -> SessionEvent {
+    SessionEvent::SecondFactorRequired {
+        user_id: user(),
+        methods: vec![SecondFactor::Totp, SecondFactor::RecoveryCode],
+        expires_at: t0() + Duration::minutes(5),
+        challenged_at: t0(),
+    }
+}
+
+fn failed() -> SessionEvent {
+    SessionEvent::SecondFactorFailed {
+        user_id: user(),
+        method: SecondFactor::Totp,
+        failed_at: t0(),
+    }
+}
+
+fn start_with(factor: Option<SecondFactor>, at: DateTime<Utc>) -> SessionCommand {
+    SessionCommand::Start {
+        session_id: Uuid::from_u128(7),
+        user_id: user(),
+        token_epoch: 0,
+        second_factor: factor,
+        ttl: Duration::days(7),
+        now: at,
+    }
+}
+
+#[test]
+fn a_challenge_completes_once_before_it_expires_and_five_wrong_codes_spend_it() {
+    let at = t0() + Duration::minutes(1);
+    let mut completed = started();
+    if let SessionEvent::Started {
+        second_factor,
+        expires_at,
+        started_at,
+        ..
+    } = &mut completed
+    {
+        *second_factor = Some(SecondFactor::Totp);
+        *expires_at = at + Duration::days(7);
+        *started_at = at;
+    }
+    SessionTest::with(())
+        .given(vec![challenged(), failed()])
+        .when(start_with(Some(SecondFactor::Totp), at))
+        .then_expect_events(vec![completed.clone()]);
+    // Used once: a second start is refused.
+    SessionTest::with(())
+        .given(vec![challenged(), completed])
+        .when(start_with(Some(SecondFactor::RecoveryCode), at))
+        .then_expect_error(SessionError::AlreadyStarted);
+    // Expired.
+    SessionTest::with(())
+        .given(vec![challenged()])
+        .when(start_with(
+            Some(SecondFactor::Totp),
+            t0() + Duration::minutes(5),
+        ))
+        .then_expect_error(SessionError::InvalidChallenge);
+    // Spent by five wrong codes: neither a start nor a sixth failure is recorded.
+    let five = std::iter::once(challenged())
+        .chain(std::iter::repeat_n(
+            failed(),
+            MAX_SECOND_FACTOR_FAILURES as usize,
+        ))
+        .collect::<Vec<_>>();
+    SessionTest::with(())
+        .given(five.clone())
+        .when(start_with(Some(SecondFactor::Totp), at))
+        .then_expect_error(SessionError::InvalidChallenge);
+    SessionTest::with(())
+        .given(five)
+        .when(SessionCommand::RecordSecondFactorFailure {
+            method: SecondFactor::Totp,
+            now: at,
+        })
+        .then_expect_error(SessionError::InvalidChallenge);
+    // A start without a second factor cannot skip a challenge, and one with a second factor
+    // needs a challenge.
+    SessionTest::with(())
+        .given(vec![challenged()])
+        .when(start_with(None, at))
+        .then_expect_error(SessionError::AlreadyStarted);
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(start_with(Some(SecondFactor::Totp), at))
+        .then_expect_error(SessionError::InvalidChallenge);
+}

@@ -489,3 +489,94 @@ fn a_refused_activation_link_records_why_once_a_minute() {
         .when(refuse(3, 2))
         .then_expect_events(vec![refused(3, ActivationRefusal::AlreadyActive, 2)]);
 }
+
+#[test]
+fn totp_is_enabled_only_for_the_pending_set_up_and_recovery_codes_are_counted() {
+    let (enrolment, other, batch) = (
+        Uuid::from_u128(41),
+        Uuid::from_u128(42),
+        Uuid::from_u128(43),
+    );
+    let mut history = activated();
+    history.push(UserEvent::TotpSetupStarted {
+        enrolment_id: enrolment,
+        started_at: t0(),
+    });
+    // A set-up replaced by a newer one cannot be confirmed.
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::EnableTotp {
+            enrolment_id: other,
+            recovery_batch_id: batch,
+            recovery_codes: 10,
+            now: t0(),
+        })
+        .then_expect_error(UserError::NoPendingSetup);
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::EnableTotp {
+            enrolment_id: enrolment,
+            recovery_batch_id: batch,
+            recovery_codes: 10,
+            now: t0(),
+        })
+        .then_expect_events(vec![
+            UserEvent::TotpEnabled {
+                enrolment_id: enrolment,
+                enabled_at: t0(),
+            },
+            UserEvent::RecoveryCodesGenerated {
+                batch_id: batch,
+                count: 10,
+                generated_at: t0(),
+            },
+        ]);
+    history.extend([
+        UserEvent::TotpEnabled {
+            enrolment_id: enrolment,
+            enabled_at: t0(),
+        },
+        UserEvent::RecoveryCodesGenerated {
+            batch_id: batch,
+            count: 1,
+            generated_at: t0(),
+        },
+    ]);
+    // On: no new set-up; the last recovery code is used once, and a code of an older batch
+    // never.
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::StartTotpSetup {
+            enrolment_id: other,
+            now: t0(),
+        })
+        .then_expect_error(UserError::SecondFactorEnabled);
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::UseRecoveryCode {
+            batch_id: other,
+            now: t0(),
+        })
+        .then_expect_error(UserError::StaleRecoveryCodes);
+    history.push(UserEvent::RecoveryCodeUsed {
+        batch_id: batch,
+        remaining: 0,
+        used_at: t0(),
+    });
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::UseRecoveryCode {
+            batch_id: batch,
+            now: t0(),
+        })
+        .then_expect_error(UserError::StaleRecoveryCodes);
+    // Off: everything goes, and turning off again is refused.
+    history.push(UserEvent::TotpDisabled {
+        reason: SecondFactorRemoval::Owner,
+        disabled_at: t0(),
+    });
+    UserTest::with(())
+        .given(history)
+        .when(UserCommand::DisableTotp { now: t0() })
+        .then_expect_error(UserError::SecondFactorNotEnabled);
+}
