@@ -415,6 +415,35 @@ async fn a_password_reset_keeps_the_second_factor_and_turning_it_off_needs_passw
     assert_eq!(factors(&app, &access).await["totp_enabled"], true);
     let off = disable(NEW_PASSWORD, &codes[1]).await;
     assert_eq!(off.status(), StatusCode::OK);
+    // The owner is told of each change to the second factor, by mail to the current address,
+    // and no mail carries a code.
+    let on = app
+        .smtp
+        .wait_for(email, "Two-factor authentication is on")
+        .await;
+    // Two codes were used (the login's, then turning off's); the mailer may send them in
+    // either order.
+    app.smtp
+        .wait_for_nth(email, "A recovery code was used", 2)
+        .await;
+    let used: Vec<_> = app
+        .smtp
+        .to(email)
+        .into_iter()
+        .filter(|m| m.subject().contains("A recovery code was used"))
+        .collect();
+    for left in ["9 are left", "8 are left"] {
+        assert!(used.iter().any(|m| m.body().contains(left)), "{left}");
+    }
+    let turned_off = app
+        .smtp
+        .wait_for(email, "Two-factor authentication was turned off")
+        .await;
+    for mail in used.into_iter().chain([on, turned_off]) {
+        for code in &codes {
+            assert!(!mail.body().contains(code.as_str()));
+        }
+    }
     assert_eq!(
         factors(&app, &access).await,
         json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": []})

@@ -41,9 +41,16 @@ fn text<'a>(data: &'a Value, field: &str) -> anyhow::Result<&'a str> {
         .with_context(|| format!("event has no {field}"))
 }
 
+/// Security notices whose events name no address: the mailer adds the owner's address and name
+/// from the profile read model before composing (none when the account has no profile).
+pub const NOTICES_WITHOUT_ADDRESS: [&str; 3] = ["TotpEnabled", "TotpDisabled", "RecoveryCodeUsed"];
+
 /// The mail an event calls for, or `None`.
 pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<Option<Mail>> {
     let data = &event.data;
+    if NOTICES_WITHOUT_ADDRESS.contains(&event.event_type.as_str()) && data.get("email").is_none() {
+        return Ok(None);
+    }
     let link = |purpose: Purpose| -> anyhow::Result<String> {
         let user_id: Uuid = event.aggregate_id.parse().context("aggregate id")?;
         let request_id: Uuid = text(data, "request_id")?.parse().context("request id")?;
@@ -99,6 +106,38 @@ pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<O
                 "Hello {name},\n\nThe password of your account was reset with an e-mailed link, \
                  and every session was signed out.\n\nIf this was not you, reset it again now.\n",
                 name = text(data, "username")?
+            ),
+        ),
+        "TotpEnabled" => (
+            "totp_enabled",
+            "Two-factor authentication is on",
+            format!(
+                "Hello {name},\n\nLogins to your account now need a code from your \
+                 authenticator app, or one of your recovery codes, after the password.\n\n\
+                 If this was not you, reset your password now: someone else may be able to log \
+                 in to your account.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "TotpDisabled" => (
+            "totp_disabled",
+            "Two-factor authentication was turned off",
+            format!(
+                "Hello {name},\n\nTwo-factor authentication was turned off for your account: \
+                 logins need only the password again, and your recovery codes no longer work.\n\n\
+                 If this was not you, reset your password now and turn it on again.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "RecoveryCodeUsed" => (
+            "recovery_code_used",
+            "A recovery code was used",
+            format!(
+                "Hello {name},\n\nOne of your recovery codes was just used on your account; \
+                 {left} are left. Each works once: create new ones when you run low.\n\n\
+                 If this was not you, reset your password now and create new recovery codes.\n",
+                name = text(data, "username")?,
+                left = data.get("remaining").and_then(Value::as_u64).unwrap_or(0)
             ),
         ),
         _ => return Ok(None),

@@ -99,11 +99,30 @@ impl Mailer {
         })
     }
 
+    /// The event of `payload`; a security notice about an event that names no address (see
+    /// [`compose::NOTICES_WITHOUT_ADDRESS`]) gets the owner's current address and name from the
+    /// profile read model, so that no second-factor event has to carry them.
+    async fn read_event(&self, payload: &[u8]) -> anyhow::Result<IntegrationEvent> {
+        let mut event: IntegrationEvent =
+            serde_json::from_slice(payload).context("not an integration event")?;
+        if compose::NOTICES_WITHOUT_ADDRESS.contains(&event.event_type.as_str()) {
+            let owner: Option<(String, String)> =
+                sqlx::query_as("select email, username from profile where user_id::text = $1")
+                    .bind(&event.aggregate_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let (Some((email, username)), Some(data)) = (owner, event.data.as_object_mut()) {
+                data.insert("email".into(), email.into());
+                data.insert("username".into(), username.into());
+            }
+        }
+        Ok(event)
+    }
+
     /// Mails what one event calls for, once.
     #[tracing::instrument(skip_all, fields(event_id))]
     pub async fn handle(&self, payload: &[u8]) -> anyhow::Result<Outcome> {
-        let event: IntegrationEvent =
-            serde_json::from_slice(payload).context("not an integration event")?;
+        let event = self.read_event(payload).await?;
         tracing::Span::current().record("event_id", event.id.as_str());
         let Some(mail) = compose(&event, &self.links)? else {
             return Ok(Outcome::Skipped);
@@ -182,7 +201,7 @@ impl Mailer {
         attempts: i64,
         error: &anyhow::Error,
     ) -> anyhow::Result<()> {
-        let event: IntegrationEvent = serde_json::from_slice(payload)?;
+        let event = self.read_event(payload).await?;
         let Some(mail) = compose(&event, &self.links)? else {
             return Ok(());
         };
