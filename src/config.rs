@@ -169,6 +169,25 @@ pub struct Settings {
     #[arg(long, env = "TOTP_ISSUER", default_value = "accounts")]
     pub totp_issuer: String,
 
+    /// WebAuthn relying-party id: the domain passkeys are bound to (the front end's host or a
+    /// parent domain of it).
+    #[arg(long, env = "WEBAUTHN_RP_ID", default_value = "localhost")]
+    pub webauthn_rp_id: String,
+
+    /// Origins (scheme://host[:port], comma-separated) whose pages may register and use
+    /// passkeys; each must be on WEBAUTHN_RP_ID or a subdomain of it.
+    #[arg(
+        long,
+        env = "WEBAUTHN_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:3000"
+    )]
+    pub webauthn_origins: Vec<String>,
+
+    /// The name passkey prompts show for this service.
+    #[arg(long, env = "WEBAUTHN_RP_NAME", default_value = "accounts")]
+    pub webauthn_rp_name: String,
+
     /// Directory for generated keys and the default mail directory.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,

@@ -83,6 +83,7 @@ impl Application {
         let links = LinkSigner::load_or_generate(&settings.link_key_file())?;
         let second_factors =
             crate::auth::mfa::SecondFactorKeys::load_or_generate(&settings.mfa_key_file())?;
+        let webauthn = Arc::new(crate::auth::mfa::relying_party(&settings)?);
         let hasher = PasswordHasher::new(
             settings.hash_concurrency(),
             settings.password_hash_max_queue,
@@ -142,6 +143,7 @@ impl Application {
             keys: Arc::new(keys),
             links,
             second_factors,
+            webauthn,
             projectors: Arc::new(projections::all()),
             seen_logins: Default::default(),
             catch_up_gates: Arc::new(

@@ -164,6 +164,22 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                     used_at,
                     json!({"remaining": remaining}),
                 ),
+                UserEvent::PasskeyRegistered {
+                    passkey_id,
+                    registered_at,
+                } => (
+                    "passkey_registered",
+                    registered_at,
+                    json!({"passkey_id": passkey_id}),
+                ),
+                UserEvent::PasskeyRemoved {
+                    passkey_id,
+                    removed_at,
+                } => (
+                    "passkey_removed",
+                    removed_at,
+                    json!({"passkey_id": passkey_id}),
+                ),
             };
             Some(Entry {
                 user_id,
@@ -178,10 +194,14 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 SessionEvent::Started {
                     user_id,
                     started_at,
+                    method,
                     second_factor,
                     ..
                 } => {
                     let mut details = json!({"session_id": session_id});
+                    if method != aggregates::session::LoginMethod::Password {
+                        details["method"] = json!(method);
+                    }
                     if let Some(factor) = second_factor {
                         details["second_factor"] = json!(factor);
                     }

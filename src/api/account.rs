@@ -239,6 +239,7 @@ pub(crate) async fn login(
         session_id,
         user_id,
         token_epoch: user.token_epoch,
+        method: aggregates::session::LoginMethod::Password,
         second_factor: None,
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: started_at,

@@ -149,6 +149,16 @@ impl Form {
         }
     }
 
+    /// A required JSON object (e.g. a WebAuthn response, checked by its own parser later).
+    pub fn object(&mut self, name: &str) -> Option<Value> {
+        match self.fields.get(name) {
+            None => self.fail(name, "This field is required."),
+            Some(Value::Null) => self.fail(name, "This field may not be null."),
+            Some(value @ Value::Object(_)) => Some(value.clone()),
+            Some(_) => self.fail(name, "Expected a dictionary of items."),
+        }
+    }
+
     /// A string that may be absent (`None`) or blank; `null` and other types are errors.
     pub fn optional_string(&mut self, name: &str) -> Option<String> {
         match self.fields.get(name) {

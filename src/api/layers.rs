@@ -21,7 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The unauthenticated endpoints that write or check a secret: these share a per-IP quota.
-pub(crate) const QUOTA_PATHS: [&str; 11] = [
+pub(crate) const QUOTA_PATHS: [&str; 15] = [
     "/accounts/api/registration/",
     "/accounts/api/get/acctivation/token/",
     "/accounts/api/get/accttivation/token/",
@@ -29,6 +29,10 @@ pub(crate) const QUOTA_PATHS: [&str; 11] = [
     "/accounts/api/verify/token/{uidb64}/{token}/",
     "/accounts/api/login/",
     "/accounts/api/login/mfa/",
+    "/accounts/api/login/passkey/start/",
+    "/accounts/api/login/passkey/finish/",
+    "/accounts/api/login/mfa/passkey/start/",
+    "/accounts/api/login/mfa/passkey/finish/",
     "/accounts/api/forget/password/",
     "/accounts/api/set/new/forget/password/{uidb64}/{token}/",
     "/accounts/api/token/refresh/",

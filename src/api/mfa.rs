@@ -47,10 +47,16 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 /// Longest code accepted (a recovery code is 11 characters; room for spaces).
 const MAX_CODE_CHARS: usize = 64;
 
-/// The second factors a login can be completed with, for an account that has TOTP.
+/// The second factors a login of `user` can be completed with (empty when none is needed).
 pub(crate) fn methods_of(user: &User) -> Vec<SecondFactor> {
-    let mut methods = vec![SecondFactor::Totp];
-    if user.mfa.recovery_codes_left() > 0 {
+    let mut methods = Vec::new();
+    if user.mfa.totp.is_some() {
+        methods.push(SecondFactor::Totp);
+    }
+    if !user.mfa.passkeys.is_empty() {
+        methods.push(SecondFactor::Passkey);
+    }
+    if user.mfa.required() && user.mfa.recovery_codes_left() > 0 {
         methods.push(SecondFactor::RecoveryCode);
     }
     methods
@@ -180,7 +186,10 @@ async fn checked_second_factor(
 }
 
 /// New recovery codes for the account: stored as keyed hashes under a new batch id.
-async fn store_recovery_codes(state: &AppState, user_id: Uuid) -> ApiResult<(Uuid, Vec<String>)> {
+pub(crate) async fn store_recovery_codes(
+    state: &AppState,
+    user_id: Uuid,
+) -> ApiResult<(Uuid, Vec<String>)> {
     let codes = mfa::new_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
         .iter()
@@ -213,9 +222,20 @@ pub struct SecondFactors {
     pub totp_pending: bool,
     /// Recovery codes not used yet.
     pub recovery_codes_left: u32,
-    /// What a login can be completed with: `totp`, `recovery_code`; empty when TOTP is off.
+    /// What a password login is completed with: `totp`, `passkey`, `recovery_code`; empty when
+    /// the password alone logs in.
     #[schema(value_type = Vec<String>, example = json!(["totp", "recovery_code"]))]
     pub methods: Vec<SecondFactor>,
+    /// The registered passkeys.
+    pub passkeys: Vec<PasskeyInfo>,
+}
+
+/// One registered passkey.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyInfo {
+    pub passkey_id: Uuid,
+    pub created_at: chrono::DateTime<Utc>,
+    pub last_used_at: Option<chrono::DateTime<Utc>>,
 }
 
 #[utoipa::path(
@@ -235,15 +255,21 @@ pub(crate) async fn factors(
         .load(&user.user_id.to_string())
         .await
         .map_err(aggregate_error)?;
+    let passkeys =
+        store::passkeys::of_user(&state.pool, user.user_id, &account.mfa.passkeys).await?;
     Ok(Json(SecondFactors {
-        totp_enabled: account.mfa.required(),
+        totp_enabled: account.mfa.totp.is_some(),
         totp_pending: account.mfa.pending_totp.is_some(),
         recovery_codes_left: account.mfa.recovery_codes_left(),
-        methods: if account.mfa.required() {
-            methods_of(&account)
-        } else {
-            vec![]
-        },
+        methods: methods_of(&account),
+        passkeys: passkeys
+            .into_iter()
+            .map(|p| PasskeyInfo {
+                passkey_id: p.passkey_id,
+                created_at: p.created_at,
+                last_used_at: p.last_used_at,
+            })
+            .collect(),
     }))
 }
 
@@ -289,7 +315,7 @@ pub(crate) async fn totp_setup(
         .load(&user.user_id.to_string())
         .await
         .map_err(aggregate_error)?;
-    if account.mfa.required() {
+    if account.mfa.totp.is_some() {
         return Err(totp_enabled_already());
     }
     let secret = mfa::SecondFactorKeys::new_secret();
@@ -393,7 +419,7 @@ pub(crate) async fn totp_confirm(
         .load(&user.user_id.to_string())
         .await
         .map_err(aggregate_error)?;
-    if account.mfa.required() {
+    if account.mfa.totp.is_some() {
         return Err(totp_enabled_already());
     }
     let Some(enrolment_id) = account.mfa.pending_totp else {
@@ -493,7 +519,7 @@ pub(crate) async fn totp_disable(
 ) -> ApiResult<Json<Msg>> {
     let id = user.user_id.to_string();
     let account = state.users.load(&id).await.map_err(aggregate_error)?;
-    if !account.mfa.required() {
+    if account.mfa.totp.is_none() {
         return Err(totp_not_enabled());
     }
     verify_current_password(&state, &user, &meta, &body.password, "password").await?;
@@ -504,13 +530,15 @@ pub(crate) async fn totp_disable(
         return Err(wrong_code());
     }
     let command = UserCommand::DisableTotp { now: Utc::now() };
-    state
+    let done = state
         .users
         .execute(&id, command, &meta)
         .await
         .map_err(user_error)?;
     store::mfa::delete_totp_except(&state.pool, user.user_id, None).await?;
-    store::mfa::delete_recovery_codes_except(&state.pool, user.user_id, None).await?;
+    // Recovery codes stay while a passkey does.
+    let keep = done.state.mfa.recovery_codes.map(|(batch, _)| batch);
+    store::mfa::delete_recovery_codes_except(&state.pool, user.user_id, keep).await?;
     Ok(msg("Two-factor authentication is off."))
 }
 
@@ -655,16 +683,40 @@ pub(crate) async fn login_second_factor(
         }
         return Err(wrong_code());
     };
+    start_session(
+        &state,
+        &meta,
+        session_id,
+        &user,
+        aggregates::session::LoginMethod::Password,
+        Some(factor),
+    )
+    .await
+}
+
+/// Starts the session `session_id` of `user` (completing its challenge when `second_factor` is
+/// given) and answers the login's tokens.
+pub(crate) async fn start_session(
+    state: &AppState,
+    meta: &RequestMeta,
+    session_id: Uuid,
+    user: &User,
+    method: aggregates::session::LoginMethod,
+    second_factor: Option<SecondFactor>,
+) -> ApiResult<Json<LoginResponse>> {
+    let user_id = user.id.ok_or(ApiError::InvalidToken)?;
+    let id = session_id.to_string();
     let started_at = Utc::now();
     let command = SessionCommand::Start {
         session_id,
         user_id,
         token_epoch: user.token_epoch,
-        second_factor: Some(factor),
+        method,
+        second_factor,
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: started_at,
     };
-    let started = match state.sessions.execute(&id, command, &meta).await {
+    let started = match state.sessions.execute(&id, command, meta).await {
         Ok(done) => done.last_sequence().unwrap_or(1),
         Err(AggregateError::UserError(
             SessionError::InvalidChallenge | SessionError::AlreadyStarted,
@@ -672,7 +724,7 @@ pub(crate) async fn login_second_factor(
         Err(error) => return Err(aggregate_error(error)),
     };
     let tokens = token_pair(
-        &state,
+        state,
         user_id,
         session_id,
         0,

@@ -11,6 +11,7 @@ pub mod layers;
 pub(crate) mod meta;
 pub(crate) mod mfa;
 pub mod openapi;
+pub(crate) mod passkeys;
 pub(crate) mod password;
 pub(crate) mod profile;
 pub(crate) mod registration;
@@ -40,6 +41,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
         tokens::routes(),
         sessions::routes(),
         mfa::routes(),
+        passkeys::routes(),
         export::routes(),
         meta::routes(),
     ]

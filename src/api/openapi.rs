@@ -5,7 +5,9 @@
 
 use super::error::{BadRequest, ErrorDetail, ValidationErrors};
 use super::layers::QUOTA_PATHS;
-use super::{account, export, meta, mfa, password, profile, registration, sessions, tokens};
+use super::{
+    account, export, meta, mfa, passkeys, password, profile, registration, sessions, tokens,
+};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
@@ -60,6 +62,13 @@ use utoipa::OpenApi;
         mfa::totp_confirm,
         mfa::totp_disable,
         mfa::regenerate_recovery_codes,
+        passkeys::register_start,
+        passkeys::register_finish,
+        passkeys::remove,
+        passkeys::login_start,
+        passkeys::login_finish,
+        passkeys::second_factor_start,
+        passkeys::second_factor_finish,
         export::export,
         meta::spectacular,
         meta::healthz,

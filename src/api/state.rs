@@ -24,6 +24,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub links: LinkSigner,
     pub second_factors: crate::auth::mfa::SecondFactorKeys,
+    /// The WebAuthn relying party (passkeys), from WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS.
+    pub webauthn: Arc<webauthn_rs::Webauthn>,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     /// One per projector, in the same order: see [`projections::CatchUpGate`].
     pub catch_up_gates: Arc<Vec<Arc<projections::CatchUpGate>>>,

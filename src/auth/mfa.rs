@@ -160,6 +160,35 @@ pub fn matching_step(totp: &TOTP, code: &str, unix_secs: u64) -> Option<i64> {
     found
 }
 
+/// The WebAuthn relying party of the settings: passkeys are bound to `WEBAUTHN_RP_ID` and
+/// accepted from the pages of `WEBAUTHN_ORIGINS` only.
+pub fn relying_party(settings: &crate::config::Settings) -> anyhow::Result<webauthn_rs::Webauthn> {
+    use anyhow::Context;
+    let origins: Vec<url::Url> = settings
+        .webauthn_origins
+        .iter()
+        .map(|origin| {
+            url::Url::parse(origin.trim())
+                .with_context(|| format!("WEBAUTHN_ORIGINS: {origin} is not a URL"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let first = origins
+        .first()
+        .context("WEBAUTHN_ORIGINS names no origin")?;
+    let mut builder = webauthn_rs::WebauthnBuilder::new(&settings.webauthn_rp_id, first)
+        .with_context(|| {
+            format!(
+                "WEBAUTHN_RP_ID {} does not fit the origin {first}",
+                settings.webauthn_rp_id
+            )
+        })?
+        .rp_name(&settings.webauthn_rp_name);
+    for origin in &origins[1..] {
+        builder = builder.append_allowed_origin(origin);
+    }
+    builder.build().context("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS")
+}
+
 /// An SVG QR code of `uri`, for the set-up screen.
 pub fn qr_svg(uri: &str) -> anyhow::Result<String> {
     let code = qrcode::QrCode::new(uri.as_bytes())?;

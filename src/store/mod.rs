@@ -5,6 +5,7 @@ pub mod commands;
 pub mod db;
 pub mod events;
 pub mod mfa;
+pub mod passkeys;
 pub mod timetravel;
 pub mod wake;
 

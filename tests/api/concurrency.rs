@@ -91,6 +91,7 @@ async fn stale_session_case(app: &TestApp, capacity: usize) {
         session_id,
         user_id: uuid::Uuid::new_v4(),
         token_epoch: 0,
+        method: aggregates::session::LoginMethod::Password,
         second_factor: None,
         ttl: chrono::Duration::hours(1),
         now: chrono::Utc::now(),

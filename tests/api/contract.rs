@@ -98,6 +98,34 @@ fn contract() -> BTreeMap<(&'static str, &'static str), Vec<u16>> {
             ("post", "/accounts/api/mfa/recovery-codes/"),
             vec![200, 400, 401, 409, 413, 415, 429, 503],
         ),
+        (
+            ("post", "/accounts/api/passkeys/register/start/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/passkeys/register/finish/"),
+            vec![200, 400, 401, 413, 415, 503],
+        ),
+        (
+            ("post", "/accounts/api/passkeys/{passkey_id}/remove/"),
+            vec![200, 400, 401, 404, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/login/passkey/start/"),
+            vec![200, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/login/passkey/finish/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/login/mfa/passkey/start/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
+        (
+            ("post", "/accounts/api/login/mfa/passkey/finish/"),
+            vec![200, 400, 401, 413, 415, 429, 503],
+        ),
         (("get", "/accounts/api/spectacular/"), vec![200]),
         (("get", "/healthz"), vec![200]),
         (("get", "/readyz"), vec![200, 503]),
@@ -130,6 +158,7 @@ fn concrete(path: &str) -> String {
     path.replace("{uidb64}", "AAAAAAAAAAAAAAAAAAAAAA")
         .replace("{token}", "not-a-token")
         .replace("{session_id}", "0191d3c4-0000-7000-8000-000000000000")
+        .replace("{passkey_id}", "0191d3c4-0000-7000-8000-000000000000")
 }
 
 #[tokio::test]
@@ -225,7 +254,9 @@ async fn the_document_lists_the_router_operations_with_the_statuses_they_answer(
                     .json(&json!({"email": 1, "refresh_token": null, "new_password": "x"})),
                 request(token).json(&json!({"email": "contract@example.com",
                     "password": "wrong password", "refresh_token": "bogus",
-                    "mfa_token": "bogus", "code": "123456"})),
+                    "mfa_token": "bogus", "code": "123456",
+                    "ceremony_id": "0191d3c4-0000-7000-8000-000000000000",
+                    "credential": {"id": "x"}})),
                 request(token)
                     .header("content-type", "text/plain")
                     .body("{}"),
@@ -283,6 +314,7 @@ async fn every_operation_documented_with_429_answers_it_past_the_quota() {
         if !statuses.contains(&429)
             || path.contains("change/password")
             || path.starts_with("/accounts/api/mfa/")
+            || path.starts_with("/accounts/api/passkeys/")
         {
             // Bearer operations under the guessing bound only (tests in attacks.rs, mfa.rs).
             continue;
@@ -360,7 +392,7 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_service
         "Schemathesis found failures:\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(report.contains("Tested: 29"), "{report}");
+    assert!(report.contains("Tested: 36"), "{report}");
     let _ = std::fs::remove_dir_all(cleanup);
 }
 

@@ -455,6 +455,43 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
         )
         .await;
     assert_eq!(off.status(), StatusCode::OK);
+    // A passkey registered and removed (PasskeyRegistered, PasskeyRemoved); its first-factor
+    // recovery codes come in RecoveryCodesGenerated again.
+    let fifth = json_of(app.login(email, third_password).await, StatusCode::OK).await;
+    let access = fifth["access_token"].as_str().unwrap().to_owned();
+    let start = json_of(
+        app.post_authed(
+            "/accounts/api/passkeys/register/start/",
+            &access,
+            &serde_json::json!({"password": third_password}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut passkey = crate::helpers::passkey::SoftPasskey::new();
+    let credential = passkey.register(&start["options"], "http://localhost:3000");
+    let registered = json_of(
+        app.post_authed(
+            "/accounts/api/passkeys/register/finish/",
+            &access,
+            &serde_json::json!({"ceremony_id": start["ceremony_id"], "credential": credential}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let removed = app
+        .post_authed(
+            &format!(
+                "/accounts/api/passkeys/{}/remove/",
+                registered["passkey_id"].as_str().unwrap()
+            ),
+            &access,
+            &serde_json::json!({"password": third_password}),
+        )
+        .await;
+    assert_eq!(removed.status(), StatusCode::OK);
     app.wait_for_relay().await;
     let total = app.event_count().await as usize;
     let python = tokio::task::spawn_blocking(python_for_examples)
@@ -498,7 +535,7 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
             published.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
     }
-    assert!(published.len() >= 22, "{published:?}");
+    assert!(published.len() >= 24, "{published:?}");
     for expected in &published {
         assert!(types.contains(expected.as_str()), "no {expected}: {stdout}");
     }

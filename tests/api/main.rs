@@ -19,6 +19,7 @@ mod login;
 mod meta;
 mod mfa;
 mod operations;
+mod passkeys;
 mod processes;
 mod registration;
 mod security;

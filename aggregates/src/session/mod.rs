@@ -26,6 +26,7 @@ pub enum SessionCommand {
         user_id: Uuid,
         /// The user's token epoch at login; the chain dies when it moves on.
         token_epoch: u32,
+        method: LoginMethod,
         second_factor: Option<SecondFactor>,
         ttl: Duration,
         now: DateTime<Utc>,
@@ -90,6 +91,8 @@ pub enum SecondFactor {
     Totp,
     /// One of the one-time recovery codes.
     RecoveryCode,
+    /// A registered passkey (WebAuthn).
+    Passkey,
 }
 
 /// A login waiting for its second factor.
@@ -105,6 +108,8 @@ pub struct Challenge {
 #[serde(rename_all = "snake_case")]
 pub enum LoginMethod {
     Password,
+    /// A discoverable passkey, without a password.
+    Passkey,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +244,7 @@ impl Session {
                 session_id,
                 user_id,
                 token_epoch,
+                method,
                 second_factor,
                 ttl,
                 now,
@@ -259,7 +265,7 @@ impl Session {
                 Ok(vec![SessionEvent::Started {
                     session_id,
                     user_id,
-                    method: LoginMethod::Password,
+                    method,
                     second_factor,
                     token_epoch,
                     expires_at: now + ttl,

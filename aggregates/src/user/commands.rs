@@ -87,6 +87,18 @@ pub enum UserCommand {
         batch_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// The caller verified the registration and stored the passkey under `passkey_id`; with
+    /// `recovery_codes`, the hashes of first recovery codes it stored (for an account that has
+    /// none yet).
+    RegisterPasskey {
+        passkey_id: Uuid,
+        recovery_codes: Option<(Uuid, u32)>,
+        now: DateTime<Utc>,
+    },
+    RemovePasskey {
+        passkey_id: Uuid,
+        now: DateTime<Utc>,
+    },
 }
 
 /// The profile fields a request sets; `None` leaves a field as it is.

@@ -19,4 +19,6 @@ pub enum UserError {
     NoPendingSetup,
     #[error("this recovery code is not one of the current ones")]
     StaleRecoveryCodes,
+    #[error("no such passkey")]
+    UnknownPasskey,
 }

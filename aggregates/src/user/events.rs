@@ -130,6 +130,18 @@ pub enum UserEvent {
         remaining: u32,
         used_at: DateTime<Utc>,
     },
+    /// A passkey (WebAuthn credential) was registered: it logs in without a password and
+    /// completes a password login as a second factor. Its public key is held beside the store
+    /// under `passkey_id`.
+    PasskeyRegistered {
+        passkey_id: Uuid,
+        registered_at: DateTime<Utc>,
+    },
+    /// The owner removed a passkey.
+    PasskeyRemoved {
+        passkey_id: Uuid,
+        removed_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -149,6 +161,8 @@ impl DomainEvent for UserEvent {
             UserEvent::TotpDisabled { .. } => "TotpDisabled",
             UserEvent::RecoveryCodesGenerated { .. } => "RecoveryCodesGenerated",
             UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
+            UserEvent::PasskeyRegistered { .. } => "PasskeyRegistered",
+            UserEvent::PasskeyRemoved { .. } => "PasskeyRemoved",
         }
         .to_owned()
     }

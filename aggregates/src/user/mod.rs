@@ -87,12 +87,22 @@ pub struct SecondFactors {
     pub pending_totp: Option<Uuid>,
     /// The current recovery codes: their batch and how many are unused.
     pub recovery_codes: Option<(Uuid, u32)>,
+    /// The registered passkeys.
+    #[serde(default)]
+    pub passkeys: Vec<Uuid>,
 }
 
 impl SecondFactors {
-    /// Whether a login needs a second factor.
+    /// Whether a password login needs a second factor: TOTP is on or a passkey is registered.
     pub fn required(&self) -> bool {
-        self.totp.is_some()
+        self.totp.is_some() || !self.passkeys.is_empty()
+    }
+
+    /// Recovery codes exist only while some second factor does.
+    fn forget_recovery_codes_unless_required(&mut self) {
+        if !self.required() {
+            self.recovery_codes = None;
+        }
     }
 
     pub fn recovery_codes_left(&self) -> u32 {
@@ -214,7 +224,16 @@ impl Aggregate for User {
                 self.mfa.totp = Some(enrolment_id);
                 self.mfa.pending_totp = None;
             }
-            UserEvent::TotpDisabled { .. } => self.mfa = SecondFactors::default(),
+            UserEvent::TotpDisabled { .. } => {
+                self.mfa.totp = None;
+                self.mfa.pending_totp = None;
+                self.mfa.forget_recovery_codes_unless_required();
+            }
+            UserEvent::PasskeyRegistered { passkey_id, .. } => self.mfa.passkeys.push(passkey_id),
+            UserEvent::PasskeyRemoved { passkey_id, .. } => {
+                self.mfa.passkeys.retain(|id| *id != passkey_id);
+                self.mfa.forget_recovery_codes_unless_required();
+            }
             UserEvent::RecoveryCodesGenerated {
                 batch_id, count, ..
             } => self.mfa.recovery_codes = Some((batch_id, count)),
@@ -440,7 +459,7 @@ impl User {
                 now,
             } => {
                 self.registered()?;
-                if self.mfa.totp.is_none() {
+                if !self.mfa.required() {
                     return Err(UserError::SecondFactorNotEnabled);
                 }
                 Ok(vec![UserEvent::RecoveryCodesGenerated {
@@ -461,6 +480,35 @@ impl User {
                     }
                     _ => Err(UserError::StaleRecoveryCodes),
                 }
+            }
+            UserCommand::RegisterPasskey {
+                passkey_id,
+                recovery_codes,
+                now,
+            } => {
+                self.registered()?;
+                let mut events = vec![UserEvent::PasskeyRegistered {
+                    passkey_id,
+                    registered_at: now,
+                }];
+                if let (Some((batch_id, count)), None) = (recovery_codes, self.mfa.recovery_codes) {
+                    events.push(UserEvent::RecoveryCodesGenerated {
+                        batch_id,
+                        count,
+                        generated_at: now,
+                    });
+                }
+                Ok(events)
+            }
+            UserCommand::RemovePasskey { passkey_id, now } => {
+                self.registered()?;
+                if !self.mfa.passkeys.contains(&passkey_id) {
+                    return Err(UserError::UnknownPasskey);
+                }
+                Ok(vec![UserEvent::PasskeyRemoved {
+                    passkey_id,
+                    removed_at: now,
+                }])
             }
         }
     }

@@ -580,3 +580,73 @@ fn totp_is_enabled_only_for_the_pending_set_up_and_recovery_codes_are_counted() 
         .when(UserCommand::DisableTotp { now: t0() })
         .then_expect_error(UserError::SecondFactorNotEnabled);
 }
+
+#[test]
+fn passkeys_bring_recovery_codes_once_and_the_last_one_removed_voids_them() {
+    let (first, second, batch) = (
+        Uuid::from_u128(51),
+        Uuid::from_u128(52),
+        Uuid::from_u128(53),
+    );
+    UserTest::with(())
+        .given(activated())
+        .when(UserCommand::RegisterPasskey {
+            passkey_id: first,
+            recovery_codes: Some((batch, 10)),
+            now: t0(),
+        })
+        .then_expect_events(vec![
+            UserEvent::PasskeyRegistered {
+                passkey_id: first,
+                registered_at: t0(),
+            },
+            UserEvent::RecoveryCodesGenerated {
+                batch_id: batch,
+                count: 10,
+                generated_at: t0(),
+            },
+        ]);
+    let mut history = activated();
+    history.extend([
+        UserEvent::PasskeyRegistered {
+            passkey_id: first,
+            registered_at: t0(),
+        },
+        UserEvent::RecoveryCodesGenerated {
+            batch_id: batch,
+            count: 10,
+            generated_at: t0(),
+        },
+    ]);
+    // Codes exist already: a second passkey brings none.
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::RegisterPasskey {
+            passkey_id: second,
+            recovery_codes: Some((Uuid::from_u128(54), 10)),
+            now: t0(),
+        })
+        .then_expect_events(vec![UserEvent::PasskeyRegistered {
+            passkey_id: second,
+            registered_at: t0(),
+        }]);
+    UserTest::with(())
+        .given(history.clone())
+        .when(UserCommand::RemovePasskey {
+            passkey_id: second,
+            now: t0(),
+        })
+        .then_expect_error(UserError::UnknownPasskey);
+    // The last factor removed: the recovery codes are void.
+    history.push(UserEvent::PasskeyRemoved {
+        passkey_id: first,
+        removed_at: t0(),
+    });
+    UserTest::with(())
+        .given(history)
+        .when(UserCommand::UseRecoveryCode {
+            batch_id: batch,
+            now: t0(),
+        })
+        .then_expect_error(UserError::StaleRecoveryCodes);
+}

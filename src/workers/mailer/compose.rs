@@ -43,7 +43,13 @@ fn text<'a>(data: &'a Value, field: &str) -> anyhow::Result<&'a str> {
 
 /// Security notices whose events name no address: the mailer adds the owner's address and name
 /// from the profile read model before composing (none when the account has no profile).
-pub const NOTICES_WITHOUT_ADDRESS: [&str; 3] = ["TotpEnabled", "TotpDisabled", "RecoveryCodeUsed"];
+pub const NOTICES_WITHOUT_ADDRESS: [&str; 5] = [
+    "TotpEnabled",
+    "TotpDisabled",
+    "RecoveryCodeUsed",
+    "PasskeyRegistered",
+    "PasskeyRemoved",
+];
 
 /// The mail an event calls for, or `None`.
 pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<Option<Mail>> {
@@ -138,6 +144,25 @@ pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<O
                  If this was not you, reset your password now and create new recovery codes.\n",
                 name = text(data, "username")?,
                 left = data.get("remaining").and_then(Value::as_u64).unwrap_or(0)
+            ),
+        ),
+        "PasskeyRegistered" => (
+            "passkey_registered",
+            "A passkey was added to your account",
+            format!(
+                "Hello {name},\n\nA passkey was added to your account: it logs in without \
+                 your password.\n\nIf this was not you, remove it (your account's security \
+                 settings) and reset your password now.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "PasskeyRemoved" => (
+            "passkey_removed",
+            "A passkey was removed from your account",
+            format!(
+                "Hello {name},\n\nA passkey was removed from your account.\n\nIf this was \
+                 not you, reset your password now.\n",
+                name = text(data, "username")?
             ),
         ),
         _ => return Ok(None),

@@ -1,6 +1,7 @@
 //! `TestApp`: a running service on a fresh database, stream and SMTP sink, with one typed helper
 //! per endpoint.
 
+pub mod passkey;
 mod smtp;
 
 pub use smtp::SmtpSink;
