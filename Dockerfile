@@ -4,7 +4,7 @@ COPY . .
 RUN cargo build --release --locked && cp target/release/accounts /accounts
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /accounts /usr/local/bin/accounts
 ENTRYPOINT ["accounts"]

@@ -328,7 +328,7 @@ pub struct DashboardUser {
     pub email: String,
     pub is_active: bool,
     pub date_joined: chrono::DateTime<Utc>,
-    /// The last login with the password; `null` before the first.
+    /// The last login (with the password, or a passkey); `null` before the first.
     pub last_login: Option<chrono::DateTime<Utc>>,
 }
 
@@ -351,7 +351,8 @@ pub struct HistoryItem {
     /// `token_refreshed`, `logged_out`, `profile_updated`, `password_changed`,
     /// `password_reset_requested`, `password_reset`, `sessions_revoked`, `totp_setup_started`,
     /// `totp_enabled`, `totp_disabled`, `recovery_codes_generated`, `recovery_code_used`,
-    /// `second_factor_required`, `second_factor_failed` (docs/ANALYTICS.md lists each one's
+    /// `passkey_registered`, `passkey_removed`, `second_factor_required`, `second_factor_failed`
+    /// (docs/ANALYTICS.md lists each one's
     /// `details`).
     pub event: String,
     pub occurred_at: chrono::DateTime<Utc>,

@@ -22,8 +22,9 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 /// What is not in an export, and why.
 const NOT_EXPORTED: &str = "The password hash (a secret derived from your password, useless to \
     you), link and refresh tokens (secrets), your authenticator's secret (encrypted; it was \
-    shown once at set-up) and your recovery codes (held only as hashes; whether they are on and \
-    how many are left is at GET /accounts/api/mfa/), and the e-mails sent to you (their \
+    shown once at set-up), your recovery codes (held only as hashes) and your passkeys' public \
+    keys (your second factors, how many codes are left and each passkey's dates are at \
+    GET /accounts/api/mfa/), and the e-mails sent to you (their \
     content is in your mailbox; when each was sent is in your history as the events that \
     caused them).";
 

@@ -30,7 +30,9 @@ use utoipa::OpenApi;
             `verify/token/{uidb64}/{token}/` (no body); mail scanners that only GET activate \
             nothing. (3) `POST login/` answers `access_token` and `refresh_token`; for an account \
             with a second factor it answers `mfa_required` and an `mfa_token` instead, which \
-            `POST login/mfa/` with a code exchanges for the tokens. (4) Send \
+            `POST login/mfa/` with a code exchanges for the tokens (or `login/mfa/passkey/start/` \
+            and `finish/` with a passkey); a passkey alone logs in through \
+            `login/passkey/start/` and `finish/`. (4) Send \
             `Authorization: Bearer <access_token>` to `dashboard/`, `get/profile/`, \
             `update/profile/`, `history/`, `change/password/`. (5) Before the access token \
             expires (`expires_in`), `POST token/refresh/`; `POST logout/` ends the session. \
