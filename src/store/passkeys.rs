@@ -76,6 +76,8 @@ pub struct Ceremony {
     pub state: Value,
 }
 
+/// Stores a ceremony's state; ceremonies expired for an hour (started and never finished) go in
+/// the same statement, so the table stays as large as the ceremonies in flight.
 pub async fn start_ceremony(
     db: impl PgExecutor<'_>,
     ceremony_id: Uuid,
@@ -83,7 +85,9 @@ pub async fn start_ceremony(
     ttl_secs: u64,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "insert into webauthn_ceremony (ceremony_id, purpose, user_id, session_id, state, expires_at)
+        "with stale as (delete from webauthn_ceremony
+                         where expires_at < now() - interval '1 hour')
+         insert into webauthn_ceremony (ceremony_id, purpose, user_id, session_id, state, expires_at)
          values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
     )
     .bind(ceremony_id)
@@ -98,25 +102,23 @@ pub async fn start_ceremony(
 }
 
 /// Takes the ceremony of `purpose` out of the table (a ceremony is finished once): `None`
-/// when there is none, it has another purpose, or it expired. Expired ones are cleared too.
+/// when there is none, it has another purpose, or it expired.
 pub async fn take_ceremony(
     db: impl PgExecutor<'_>,
     ceremony_id: Uuid,
     purpose: &str,
 ) -> sqlx::Result<Option<Ceremony>> {
-    type Row = (Uuid, String, Option<Uuid>, Option<Uuid>, Value, bool);
-    let rows: Vec<Row> = sqlx::query_as(
-        "delete from webauthn_ceremony
-          where ceremony_id = $1 or expires_at < now() - interval '1 hour'
-         returning ceremony_id, purpose, user_id, session_id, state, expires_at > now()",
+    type Row = (String, Option<Uuid>, Option<Uuid>, Value, bool);
+    let row: Option<Row> = sqlx::query_as(
+        "delete from webauthn_ceremony where ceremony_id = $1
+         returning purpose, user_id, session_id, state, expires_at > now()",
     )
     .bind(ceremony_id)
-    .fetch_all(db)
+    .fetch_optional(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .find(|row| row.0 == ceremony_id && row.1 == purpose && row.5)
-        .map(|(_, purpose, user_id, session_id, state, _)| Ceremony {
+    Ok(row
+        .filter(|(found, .., live)| found == purpose && *live)
+        .map(|(purpose, user_id, session_id, state, _)| Ceremony {
             purpose,
             user_id,
             session_id,

@@ -100,7 +100,7 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
     let (access, _) = app.active_user("totp", email).await;
     assert_eq!(
         factors(&app, &access).await,
-        json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": []})
+        json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": [], "passkeys": []})
     );
 
     // Set-up: the secret three ways; nothing changes for logins until a first code confirms it.
@@ -150,7 +150,7 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
     assert_eq!(
         factors(&app, &access).await,
         json!({"totp_enabled": true, "totp_pending": false, "recovery_codes_left": 10,
-               "methods": ["totp", "recovery_code"]})
+               "methods": ["totp", "recovery_code"], "passkeys": []})
     );
 
     // The password alone now answers a challenge, not tokens.
@@ -446,7 +446,7 @@ async fn a_password_reset_keeps_the_second_factor_and_turning_it_off_needs_passw
     }
     assert_eq!(
         factors(&app, &access).await,
-        json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": []})
+        json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": [], "passkeys": []})
     );
     let tokens = json_of(app.login(email, NEW_PASSWORD).await, StatusCode::OK).await;
     assert!(tokens["access_token"].is_string());

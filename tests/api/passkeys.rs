@@ -121,6 +121,16 @@ async fn a_passkey_registers_with_the_password_and_then_logs_in_without_one() {
     .await;
     assert!(used["passkeys"][0]["last_used_at"].is_string());
 
+    // A ceremony finished after its time is refused (its clock moved back by hand).
+    let late = passwordless(&app, &mut passkey, ORIGIN).await;
+    sqlx::query("update webauthn_ceremony set expires_at = now() - interval '1 second' where ceremony_id = $1::text::uuid")
+        .bind(late["ceremony_id"].as_str().unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let expired = app.post("/accounts/api/login/passkey/finish/", &late).await;
+    assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+
     // A password login now needs the second factor.
     let body = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
     assert_eq!(body["mfa_required"], true);
