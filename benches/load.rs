@@ -562,6 +562,7 @@ async fn main() -> anyhow::Result<()> {
         let setup: Value = client
             .post(format!("{address}/accounts/api/mfa/totp/setup/"))
             .bearer_auth(access)
+            .json(&json!({"password": PASSWORD}))
             .send()
             .await?
             .json()

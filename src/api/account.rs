@@ -212,6 +212,7 @@ pub(crate) async fn login(
         // session's stream starts with the challenge that `login/mfa/` completes.
         let command = SessionCommand::Challenge {
             user_id,
+            token_epoch: user.token_epoch,
             methods: super::mfa::methods_of(&user),
             ttl: Duration::seconds(state.settings.mfa_challenge_ttl as i64),
             now: Utc::now(),

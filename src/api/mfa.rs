@@ -172,7 +172,18 @@ async fn checked_second_factor(
                         batch_id,
                         now: Utc::now(),
                     };
-                    state.execute_user(user_id, command, meta).await?;
+                    match state
+                        .users
+                        .execute(&user_id.to_string(), command, meta)
+                        .await
+                    {
+                        Ok(_) => {}
+                        // New codes replaced this batch meanwhile: the code is void.
+                        Err(AggregateError::UserError(UserError::StaleRecoveryCodes)) => {
+                            return Ok(None)
+                        }
+                        Err(error) => return Err(aggregate_error(error)),
+                    }
                 }
             }
             Ok(Some(factor))
@@ -296,19 +307,24 @@ pub struct TotpSetup {
     path = "/accounts/api/mfa/totp/setup/",
     tag = "mfa",
     summary = "Start setting up an authenticator app (TOTP)",
-    description = "Makes a new secret (replacing a set-up not confirmed yet) and answers it as \
-        text, `otpauth://` URI and QR code. Nothing changes for logins until \
-        `mfa/totp/confirm/` gets a first code.",
+    description = "Needs the current password (an access token alone sets up nothing) and, \
+        when a passkey already guards the account, a recovery code. Makes a new secret \
+        (replacing a set-up not confirmed yet) and answers it as text, `otpauth://` URI and QR \
+        code. Nothing changes for logins until `mfa/totp/confirm/` gets a first code.",
     security(("bearer" = [])),
+    request_body = FactorChangeRequest,
     responses(
         (status = 200, body = TotpSetup),
+        (status = 400, description = "Wrong password (field `password`) or missing or wrong code (field `code`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
         (status = 409, description = "TOTP is on already (code `mfa_enabled`)", body = crate::api::error::ErrorDetail),
+        (status = 429, description = "Too many wrong passwords or codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
 pub(crate) async fn totp_setup(
     State(state): State<AppState>,
     user: AuthUser,
     meta: RequestMeta,
+    Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<TotpSetup>> {
     let account = state
         .users
@@ -318,6 +334,7 @@ pub(crate) async fn totp_setup(
     if account.mfa.totp.is_some() {
         return Err(totp_enabled_already());
     }
+    verify_factor_change(&state, &user, &meta, &account, &body).await?;
     let secret = mfa::SecondFactorKeys::new_secret();
     let enrolment_id = Uuid::new_v4();
     let sealed = state
@@ -334,6 +351,9 @@ pub(crate) async fn totp_setup(
         .execute(&user.user_id.to_string(), command, &meta)
         .await
         .map_err(user_error)?;
+    // Earlier set-ups never confirmed are void now (TOTP is off, and only this one can be
+    // confirmed): their secrets go.
+    store::mfa::delete_totp_except(&state.pool, user.user_id, Some(enrolment_id)).await?;
     let totp = mfa::totp(secret, &state.settings.totp_issuer, &account.email)
         .map_err(ApiError::Internal)?;
     let otpauth_uri = totp.get_url();
@@ -459,7 +479,6 @@ pub(crate) async fn totp_confirm(
         .await
         .map_err(user_error)?;
     store::mfa::delete_totp_except(&state.pool, user.user_id, Some(enrolment_id)).await?;
-    store::mfa::delete_recovery_codes_except(&state.pool, user.user_id, Some(batch_id)).await?;
     Ok(Json(RecoveryCodes {
         msg: "Two-factor authentication is on. Keep these recovery codes somewhere safe: each \
               logs you in once if you lose your authenticator."
@@ -542,19 +561,65 @@ pub(crate) async fn totp_disable(
     Ok(msg("Two-factor authentication is off."))
 }
 
-/// The current password.
+/// The current password and, while a second factor guards the account, a code.
 #[derive(ToSchema)]
-pub struct PasswordRequest {
+pub struct FactorChangeRequest {
     /// The current password (a wrong one counts as a guess).
     #[schema(value_type = String, format = Password, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$")]
     pub password: SecretString,
+    /// Required while the account has a second factor: a code of the authenticator app or an
+    /// unused recovery code (so a stolen password with a stolen access token changes no factor).
+    #[schema(min_length = 1, max_length = 64, example = "123456")]
+    pub code: Option<String>,
 }
 
-impl FromBody for PasswordRequest {
+impl FromBody for FactorChangeRequest {
     fn read(form: &mut Form, _: &AppState) -> Option<Self> {
+        let password = form.string("password").map(SecretString::from);
+        let code = match form.optional_string("code") {
+            Some(code) if code.trim().is_empty() => None,
+            Some(code) if code.chars().count() > MAX_CODE_CHARS => {
+                form.error(
+                    "code",
+                    format!("Ensure this field has no more than {MAX_CODE_CHARS} characters."),
+                );
+                None
+            }
+            other => other,
+        };
+        if form.has_errors("code") {
+            return None;
+        }
         Some(Self {
-            password: form.string("password").map(SecretString::from)?,
+            password: password?,
+            code,
         })
+    }
+}
+
+/// Checks what a change of the account's second factors needs: the current password (under
+/// the guessing bound) and, while a second factor guards the account, a TOTP or recovery code.
+pub(crate) async fn verify_factor_change(
+    state: &AppState,
+    user: &AuthUser,
+    meta: &RequestMeta,
+    account: &User,
+    request: &FactorChangeRequest,
+) -> ApiResult<()> {
+    verify_current_password(state, user, meta, &request.password, "password").await?;
+    if !account.mfa.required() {
+        return Ok(());
+    }
+    let Some(code) = &request.code else {
+        return Err(ApiError::field(
+            "code",
+            "A code of your authenticator app or a recovery code is required while two-factor \
+             authentication is on.",
+        ));
+    };
+    match checked_second_factor(state, meta, user.user_id, account, code).await? {
+        Some(_) => Ok(()),
+        None => Err(wrong_code()),
     }
 }
 
@@ -563,29 +628,30 @@ impl FromBody for PasswordRequest {
     path = "/accounts/api/mfa/recovery-codes/",
     tag = "mfa",
     summary = "Replace my recovery codes",
-    description = "Ten new recovery codes, shown only this once; the earlier ones stop working. \
-        Needs TOTP on and the current password (wrong ones count against the guessing bound).",
+    description = "Ten new recovery codes, shown only this once; the earlier ones stop working \
+        and the owner is mailed a notice. Needs a second factor on, the current password and a \
+        code (wrong ones count against the guessing bound).",
     security(("bearer" = [])),
-    request_body = PasswordRequest,
+    request_body = FactorChangeRequest,
     responses(
         (status = 200, body = RecoveryCodes),
-        (status = 400, description = "Wrong password (field `password`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
-        (status = 409, description = "TOTP is not on (code `mfa_not_enabled`)", body = crate::api::error::ErrorDetail),
-        (status = 429, description = "Too many wrong passwords from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
+        (status = 400, description = "Wrong password (field `password`) or missing or wrong code (field `code`); or `detail` for a body that is no JSON object", body = crate::api::error::BadRequest),
+        (status = 409, description = "No second factor is on (code `mfa_not_enabled`)", body = crate::api::error::ErrorDetail),
+        (status = 429, description = "Too many wrong passwords or codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
 pub(crate) async fn regenerate_recovery_codes(
     State(state): State<AppState>,
     user: AuthUser,
     meta: RequestMeta,
-    Body(body): Body<PasswordRequest>,
+    Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let id = user.user_id.to_string();
     let account = state.users.load(&id).await.map_err(aggregate_error)?;
     if !account.mfa.required() {
         return Err(totp_not_enabled());
     }
-    verify_current_password(&state, &user, &meta, &body.password, "password").await?;
+    verify_factor_change(&state, &user, &meta, &account, &body).await?;
     let (batch_id, codes) = store_recovery_codes(&state, user.user_id).await?;
     let command = UserCommand::RegenerateRecoveryCodes {
         batch_id,
@@ -597,7 +663,8 @@ pub(crate) async fn regenerate_recovery_codes(
         .execute(&id, command, &meta)
         .await
         .map_err(user_error)?;
-    store::mfa::delete_recovery_codes_except(&state.pool, user.user_id, Some(batch_id)).await?;
+    // The replaced batch's rows stay (a code is only taken from the batch the account's events
+    // name): deleting "all but mine" here could delete a concurrent regeneration's live codes.
     Ok(Json(RecoveryCodes {
         msg: "New recovery codes: the earlier ones no longer work.".to_owned(),
         recovery_codes: codes,

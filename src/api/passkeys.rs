@@ -9,8 +9,7 @@
 //! accepted origins are settings (`WEBAUTHN_RP_ID`, `WEBAUTHN_ORIGINS`).
 
 use super::account::LoginResponse;
-use super::mfa::{start_session, store_recovery_codes, PasswordRequest};
-use super::password::verify_current_password;
+use super::mfa::{start_session, store_recovery_codes, verify_factor_change, FactorChangeRequest};
 use super::registration::aggregate_error;
 use super::{msg, Msg};
 use crate::api::body::{Body, Form, FromBody, RequestMeta};
@@ -120,20 +119,27 @@ async fn passkeys_of(
         .collect()
 }
 
-/// Records a use: the passkey's new signature counter and when it was used.
-async fn note_use(
+/// Accepts a verified assertion only for a passkey the account has *now* (`passkeys`, read
+/// after the ceremony's start: one removed meanwhile is refused) whose signature counter moved
+/// on, when it keeps one (a counter that did not is a cloned authenticator's); records the use.
+async fn accept_use(
     state: &AppState,
     passkeys: Vec<(Uuid, Passkey)>,
     result: &webauthn_rs::prelude::AuthenticationResult,
-) -> ApiResult<()> {
+) -> ApiResult<bool> {
     for (passkey_id, mut passkey) in passkeys {
-        if passkey.cred_id() == result.cred_id() {
-            passkey.update_credential(result);
-            let record = serde_json::to_value(&passkey).map_err(internal)?;
-            store::passkeys::used(&state.pool, passkey_id, &record).await?;
+        let Some(changed) = passkey.update_credential(result) else {
+            continue;
+        };
+        if result.counter() > 0 && !changed {
+            tracing::warn!(%passkey_id, "a passkey's counter did not move on: refused");
+            return Ok(false);
         }
+        let record = serde_json::to_value(&passkey).map_err(internal)?;
+        store::passkeys::used(&state.pool, passkey_id, &record).await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 #[utoipa::path(
@@ -141,28 +147,28 @@ async fn note_use(
     path = "/accounts/api/passkeys/register/start/",
     tag = "mfa",
     summary = "Start registering a passkey",
-    description = "Needs the current password (a stolen access token registers nothing; wrong \
-        passwords count against the guessing bound). Answers the options for \
-        `navigator.credentials.create()`.",
+    description = "Needs the current password (a stolen access token registers nothing) and, \
+        while a second factor guards the account, a TOTP or recovery code; wrong ones count \
+        against the guessing bound. Answers the options for `navigator.credentials.create()`.",
     security(("bearer" = [])),
-    request_body = PasswordRequest,
+    request_body = FactorChangeRequest,
     responses(
         (status = 200, body = PasskeyCeremony),
-        (status = 429, description = "Too many wrong passwords from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
+        (status = 429, description = "Too many wrong passwords or codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
 pub(crate) async fn register_start(
     State(state): State<AppState>,
     user: AuthUser,
     meta: RequestMeta,
-    Body(body): Body<PasswordRequest>,
+    Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<PasskeyCeremony>> {
-    verify_current_password(&state, &user, &meta, &body.password, "password").await?;
     let account = state
         .users
         .load(&user.user_id.to_string())
         .await
         .map_err(aggregate_error)?;
+    verify_factor_change(&state, &user, &meta, &account, &body).await?;
     let existing = passkeys_of(&state, user.user_id, &account.mfa.passkeys).await?;
     let exclude = existing
         .iter()
@@ -286,15 +292,22 @@ pub(crate) async fn register_finish(
             .map(|(batch, codes)| (*batch, codes.len() as u32)),
         now: Utc::now(),
     };
-    state
+    let done = state
         .users
         .execute(&id, command, &meta)
         .await
         .map_err(aggregate_error)?;
+    // Codes are shown only if the account adopted them (a concurrent first factor may have
+    // brought its own).
+    let adopted = done.state.mfa.recovery_codes.map(|(batch, _)| batch);
+    let recovery_codes = match recovery {
+        Some((batch, codes)) if adopted == Some(batch) => codes,
+        _ => Vec::new(),
+    };
     Ok(Json(PasskeyRegistered {
         msg: "Your passkey is registered.".to_owned(),
         passkey_id,
-        recovery_codes: recovery.map(|(_, codes)| codes).unwrap_or_default(),
+        recovery_codes,
     }))
 }
 
@@ -303,11 +316,11 @@ pub(crate) async fn register_finish(
     path = "/accounts/api/passkeys/{passkey_id}/remove/",
     tag = "mfa",
     summary = "Remove a passkey",
-    description = "Needs the current password. When it was the last second factor, the \
-        recovery codes stop working too.",
+    description = "Needs the current password and a TOTP or recovery code. When it was the last \
+        second factor, the recovery codes stop working too.",
     security(("bearer" = [])),
     params(("passkey_id" = String, Path, description = "A `passkey_id` from `GET /accounts/api/mfa/`")),
-    request_body = PasswordRequest,
+    request_body = FactorChangeRequest,
     responses(
         (status = 200, body = Msg),
         (status = 404, description = "No passkey of the caller has this id (code `not_found`)", body = crate::api::error::ErrorDetail),
@@ -319,10 +332,18 @@ pub(crate) async fn remove(
     user: AuthUser,
     meta: RequestMeta,
     Path(passkey_id): Path<String>,
-    Body(body): Body<PasswordRequest>,
+    Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<Msg>> {
     let passkey_id = Uuid::try_parse(&passkey_id).map_err(|_| ApiError::not_found())?;
-    verify_current_password(&state, &user, &meta, &body.password, "password").await?;
+    let account = state
+        .users
+        .load(&user.user_id.to_string())
+        .await
+        .map_err(aggregate_error)?;
+    if !account.mfa.passkeys.contains(&passkey_id) {
+        return Err(ApiError::not_found());
+    }
+    verify_factor_change(&state, &user, &meta, &account, &body).await?;
     let command = UserCommand::RemovePasskey {
         passkey_id,
         now: Utc::now(),
@@ -413,7 +434,9 @@ pub(crate) async fn login_finish(
             tracing::info!(%error, "passkey login refused");
             not_verified()
         })?;
-    note_use(&state, passkeys, &result).await?;
+    if !accept_use(&state, passkeys, &result).await? {
+        return Err(not_verified());
+    }
     start_session(
         &state,
         &meta,
@@ -582,7 +605,11 @@ pub(crate) async fn second_factor_finish(
                 .map_err(|error| tracing::info!(%error, "passkey second factor refused"))
                 .ok()
         });
-    let Some(result) = verified else {
+    let accepted = match &verified {
+        Some(result) => accept_use(&state, passkeys, result).await?,
+        None => false,
+    };
+    if !accepted {
         let command = SessionCommand::RecordSecondFactorFailure {
             method: SecondFactor::Passkey,
             now: Utc::now(),
@@ -596,8 +623,7 @@ pub(crate) async fn second_factor_finish(
             Err(error) => tracing::warn!(%error, "cannot record a failed passkey"),
         }
         return Err(not_verified());
-    };
-    note_use(&state, passkeys, &result).await?;
+    }
     start_session(
         &state,
         &meta,

@@ -84,7 +84,7 @@ fn contract() -> BTreeMap<(&'static str, &'static str), Vec<u16>> {
         (("get", "/accounts/api/mfa/"), vec![200, 401, 503]),
         (
             ("post", "/accounts/api/mfa/totp/setup/"),
-            vec![200, 401, 409, 503],
+            vec![200, 400, 401, 409, 413, 415, 429, 503],
         ),
         (
             ("post", "/accounts/api/mfa/totp/confirm/"),

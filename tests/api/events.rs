@@ -438,7 +438,7 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
     let third_password = "a third passphrase for py";
     let fourth = json_of(app.login(email, third_password).await, StatusCode::OK).await;
     let access = fourth["access_token"].as_str().unwrap().to_owned();
-    let (authenticator, codes) = crate::mfa::enable(&app, &access).await;
+    let (authenticator, codes) = crate::mfa::enable_with(&app, &access, third_password).await;
     let token = crate::mfa::challenge(&app, email, third_password).await;
     let wrong = crate::mfa::second_step(&app, &token, &authenticator.wrong_code()).await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
@@ -488,7 +488,8 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
                 registered["passkey_id"].as_str().unwrap()
             ),
             &access,
-            &serde_json::json!({"password": third_password}),
+            &serde_json::json!({"password": third_password,
+                                "code": registered["recovery_codes"][0]}),
         )
         .await;
     assert_eq!(removed.status(), StatusCode::OK);

@@ -38,9 +38,17 @@ impl Authenticator {
 }
 
 async fn setup(app: &TestApp, access: &str) -> Value {
+    setup_with(app, access, PASSWORD).await
+}
+
+async fn setup_with(app: &TestApp, access: &str, password: &str) -> Value {
     json_of(
-        app.post_authed("/accounts/api/mfa/totp/setup/", access, &json!({}))
-            .await,
+        app.post_authed(
+            "/accounts/api/mfa/totp/setup/",
+            access,
+            &json!({"password": password}),
+        )
+        .await,
         StatusCode::OK,
     )
     .await
@@ -48,7 +56,16 @@ async fn setup(app: &TestApp, access: &str) -> Value {
 
 /// Sets up and confirms TOTP: the app and the recovery codes.
 pub(crate) async fn enable(app: &TestApp, access: &str) -> (Authenticator, Vec<String>) {
-    let setup = setup(app, access).await;
+    enable_with(app, access, PASSWORD).await
+}
+
+/// [`enable`] for an account whose password is `password`.
+pub(crate) async fn enable_with(
+    app: &TestApp,
+    access: &str,
+    password: &str,
+) -> (Authenticator, Vec<String>) {
+    let setup = setup_with(app, access, password).await;
     let app_ = Authenticator::from_setup(&setup);
     let body = json_of(
         app.post_authed(
@@ -103,6 +120,16 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
         json!({"totp_enabled": false, "totp_pending": false, "recovery_codes_left": 0, "methods": [], "passkeys": []})
     );
 
+    // An access token alone sets nothing up: the password is asked for.
+    let no_password = app
+        .post_authed(
+            "/accounts/api/mfa/totp/setup/",
+            &access,
+            &json!({"password": "not the password"}),
+        )
+        .await;
+    assert!(json_of(no_password, StatusCode::BAD_REQUEST).await["password"].is_array());
+    assert_eq!(app.count_events("TotpSetupStarted").await, 0);
     // Set-up: the secret three ways; nothing changes for logins until a first code confirms it.
     let started = setup(&app, &access).await;
     let uri = started["otpauth_uri"].as_str().unwrap();
@@ -140,8 +167,12 @@ async fn totp_guards_the_login_and_refuses_wrong_replayed_and_expired_codes() {
     assert_eq!(recovery.len(), 10);
     assert_eq!(
         json_of(
-            app.post_authed("/accounts/api/mfa/totp/setup/", &access, &json!({}))
-                .await,
+            app.post_authed(
+                "/accounts/api/mfa/totp/setup/",
+                &access,
+                &json!({"password": PASSWORD})
+            )
+            .await,
             StatusCode::CONFLICT
         )
         .await["code"],
@@ -256,11 +287,20 @@ async fn a_recovery_code_logs_in_once_and_new_codes_void_the_old_ones() {
         )
         .await;
     assert!(json_of(refused, StatusCode::BAD_REQUEST).await["password"].is_array());
+    // With a second factor on, the password alone changes no factor: a code is asked for.
+    let no_code = app
+        .post_authed(
+            "/accounts/api/mfa/recovery-codes/",
+            &access,
+            &json!({"password": PASSWORD}),
+        )
+        .await;
+    assert!(json_of(no_code, StatusCode::BAD_REQUEST).await["code"].is_array());
     let fresh = json_of(
         app.post_authed(
             "/accounts/api/mfa/recovery-codes/",
             &access,
-            &json!({"password": PASSWORD}),
+            &json!({"password": PASSWORD, "code": codes[2]}),
         )
         .await,
         StatusCode::OK,
@@ -273,6 +313,9 @@ async fn a_recovery_code_logs_in_once_and_new_codes_void_the_old_ones() {
         .map(|c| c.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(fresh.len(), 10);
+    app.smtp
+        .wait_for_nth(email, "New recovery codes for your account", 2)
+        .await;
     let old = second_step(&app, &token, &codes[1]).await;
     assert_eq!(old.status(), StatusCode::BAD_REQUEST, "an old code is void");
     let new = second_step(&app, &token, &fresh[0]).await;
@@ -551,4 +594,48 @@ async fn no_second_factor_secret_reaches_events_messages_history_or_the_database
         .await
         .unwrap();
     assert!(!sealed.windows(raw.len()).any(|w| w == raw.as_slice()));
+}
+
+#[tokio::test]
+async fn one_totp_code_sent_twice_at_once_completes_one_login() {
+    let app = TestApp::spawn().await;
+    let email = "race2fa@example.com";
+    let (access, _) = app.active_user("racetwofa", email).await;
+    let (authenticator, _) = enable(&app, &access).await;
+    let (first, second) = (
+        challenge(&app, email, PASSWORD).await,
+        challenge(&app, email, PASSWORD).await,
+    );
+    let code = authenticator.code(1);
+    let (a, b) = tokio::join!(
+        second_step(&app, &first, &code),
+        second_step(&app, &second, &code)
+    );
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::BAD_REQUEST]);
+}
+
+#[tokio::test]
+async fn a_challenge_dies_with_a_password_change_before_its_code() {
+    let app = TestApp::spawn().await;
+    let email = "epoch2fa@example.com";
+    let (access, _) = app.active_user("epochtwofa", email).await;
+    let (_, codes) = enable(&app, &access).await;
+    // Someone with the old password holds a challenge; the owner changes the password.
+    let token = challenge(&app, email, PASSWORD).await;
+    let owner = challenge(&app, email, PASSWORD).await;
+    let done = json_of(second_step(&app, &owner, &codes[0]).await, StatusCode::OK).await;
+    json_of(
+        app.change_password(
+            done["access_token"].as_str().unwrap(),
+            PASSWORD,
+            NEW_PASSWORD,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let late = second_step(&app, &token, &codes[1]).await;
+    assert_eq!(late.status(), StatusCode::UNAUTHORIZED);
 }

@@ -142,7 +142,7 @@ async fn a_passkey_completes_a_password_login_but_not_from_another_origin() {
     let app = TestApp::spawn().await;
     let email = "pkmfa@example.com";
     let (access, _) = app.active_user("pkmfa", email).await;
-    let (mut passkey, _) = register(&app, &access).await;
+    let (mut passkey, registered) = register(&app, &access).await;
 
     let login = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
     let token = login["mfa_token"].as_str().unwrap().to_owned();
@@ -205,6 +205,30 @@ async fn a_passkey_completes_a_password_login_but_not_from_another_origin() {
         )
         .await;
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+
+    // A passkey removed between a ceremony's start and its finish completes nothing.
+    let login = json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    let token = login["mfa_token"].as_str().unwrap().to_owned();
+    let options = start(token.clone()).await;
+    let removed = app
+        .post_authed(
+            &format!(
+                "/accounts/api/passkeys/{}/remove/",
+                registered["passkey_id"].as_str().unwrap()
+            ),
+            &access,
+            &json!({"password": PASSWORD, "code": registered["recovery_codes"][0]}),
+        )
+        .await;
+    assert_eq!(removed.status(), StatusCode::OK);
+    let late = app
+        .post(
+            "/accounts/api/login/mfa/passkey/finish/",
+            &json!({"mfa_token": token, "ceremony_id": options["ceremony_id"],
+                    "credential": passkey.authenticate(&options["options"], ORIGIN)}),
+        )
+        .await;
+    assert_eq!(late.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -255,14 +279,24 @@ async fn a_passkey_cannot_claim_another_user_and_a_removed_one_logs_in_no_more()
             .await
             .unwrap();
     assert_eq!(codes_before, 10);
+    let code = done["recovery_codes"][0].as_str().unwrap().to_owned();
     let wrong = app
         .post_authed(
             &format!("/accounts/api/passkeys/{id}/remove/"),
             &access,
-            &json!({"password": "not the password"}),
+            &json!({"password": "not the password", "code": code}),
         )
         .await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    // The password alone removes no factor: a code is asked for.
+    let no_code = app
+        .post_authed(
+            &format!("/accounts/api/passkeys/{id}/remove/"),
+            &access,
+            &json!({"password": PASSWORD}),
+        )
+        .await;
+    assert!(json_of(no_code, StatusCode::BAD_REQUEST).await["code"].is_array());
     let foreign = app
         .post_authed(
             &format!(
@@ -270,7 +304,7 @@ async fn a_passkey_cannot_claim_another_user_and_a_removed_one_logs_in_no_more()
                 victim["passkey_id"].as_str().unwrap()
             ),
             &access,
-            &json!({"password": PASSWORD}),
+            &json!({"password": PASSWORD, "code": code}),
         )
         .await;
     assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
@@ -278,10 +312,13 @@ async fn a_passkey_cannot_claim_another_user_and_a_removed_one_logs_in_no_more()
         .post_authed(
             &format!("/accounts/api/passkeys/{id}/remove/"),
             &access,
-            &json!({"password": PASSWORD}),
+            &json!({"password": PASSWORD, "code": code}),
         )
         .await;
     assert_eq!(removed.status(), StatusCode::OK);
+    app.smtp
+        .wait_for(email, "A passkey was removed from your account")
+        .await;
     let body = passwordless(&app, &mut passkey, ORIGIN).await;
     let gone = app.post("/accounts/api/login/passkey/finish/", &body).await;
     assert_eq!(gone.status(), StatusCode::UNAUTHORIZED);

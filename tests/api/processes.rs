@@ -686,7 +686,7 @@ async fn at_trace_level_the_log_holds_no_password_token_or_hash() {
     let setup = authed(
         "/accounts/api/mfa/totp/setup/",
         access2.clone(),
-        serde_json::json!({}),
+        serde_json::json!({"password": new_secret}),
     )
     .await;
     let totp_secret = setup["secret"].as_str().unwrap().to_owned();

@@ -34,6 +34,9 @@ pub enum SessionCommand {
     /// The password was right and the account has a second factor: the login waits for it.
     Challenge {
         user_id: Uuid,
+        /// The user's token epoch: a change or reset of the password before the second factor
+        /// voids the challenge.
+        token_epoch: u32,
         methods: Vec<SecondFactor>,
         ttl: Duration,
         now: DateTime<Utc>,
@@ -99,6 +102,8 @@ pub enum SecondFactor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Challenge {
     pub user_id: Uuid,
+    #[serde(default)]
+    pub token_epoch: u32,
     pub expires_at: DateTime<Utc>,
     pub failures: u32,
 }
@@ -129,6 +134,9 @@ pub enum SessionEvent {
     /// The password was right; the login needs one of `methods` before `expires_at`.
     SecondFactorRequired {
         user_id: Uuid,
+        /// The password's token epoch at the challenge.
+        #[serde(default)]
+        token_epoch: u32,
         methods: Vec<SecondFactor>,
         expires_at: DateTime<Utc>,
         challenged_at: DateTime<Utc>,
@@ -254,7 +262,9 @@ impl Session {
                 }
                 match second_factor {
                     Some(_) => match self.live_challenge(now) {
-                        Some(challenge) if challenge.user_id == user_id => {}
+                        Some(challenge)
+                            if challenge.user_id == user_id
+                                && challenge.token_epoch == token_epoch => {}
                         _ => return Err(SessionError::InvalidChallenge),
                     },
                     None if self.challenge.is_some() || self.ended => {
@@ -274,6 +284,7 @@ impl Session {
             }
             SessionCommand::Challenge {
                 user_id,
+                token_epoch,
                 methods,
                 ttl,
                 now,
@@ -283,6 +294,7 @@ impl Session {
                 }
                 Ok(vec![SessionEvent::SecondFactorRequired {
                     user_id,
+                    token_epoch,
                     methods,
                     expires_at: now + ttl,
                     challenged_at: now,
@@ -417,11 +429,13 @@ impl Aggregate for Session {
             }
             SessionEvent::SecondFactorRequired {
                 user_id,
+                token_epoch,
                 expires_at,
                 ..
             } => {
                 self.challenge = Some(Challenge {
                     user_id,
+                    token_epoch,
                     expires_at,
                     failures: 0,
                 })

@@ -225,6 +225,7 @@ fn a_login_refused_as_inactive_is_recorded_in_a_stream_of_its_own_and_is_no_sess
 fn challenged() -> SessionEvent {
     SessionEvent::SecondFactorRequired {
         user_id: user(),
+        token_epoch: 0,
         methods: vec![SecondFactor::Totp, SecondFactor::RecoveryCode],
         expires_at: t0() + Duration::minutes(5),
         challenged_at: t0(),
@@ -310,5 +311,14 @@ fn a_challenge_completes_once_before_it_expires_and_five_wrong_codes_spend_it() 
     SessionTest::with(())
         .given_no_previous_events()
         .when(start_with(Some(SecondFactor::Totp), at))
+        .then_expect_error(SessionError::InvalidChallenge);
+    // The password changed after the challenge: its epoch is not the user's any more.
+    let mut later_epoch = start_with(Some(SecondFactor::Totp), at);
+    if let SessionCommand::Start { token_epoch, .. } = &mut later_epoch {
+        *token_epoch = 1;
+    }
+    SessionTest::with(())
+        .given(vec![challenged()])
+        .when(later_epoch)
         .then_expect_error(SessionError::InvalidChallenge);
 }

@@ -43,9 +43,10 @@ fn text<'a>(data: &'a Value, field: &str) -> anyhow::Result<&'a str> {
 
 /// Security notices whose events name no address: the mailer adds the owner's address and name
 /// from the profile read model before composing (none when the account has no profile).
-pub const NOTICES_WITHOUT_ADDRESS: [&str; 5] = [
+pub const NOTICES_WITHOUT_ADDRESS: [&str; 6] = [
     "TotpEnabled",
     "TotpDisabled",
+    "RecoveryCodesGenerated",
     "RecoveryCodeUsed",
     "PasskeyRegistered",
     "PasskeyRemoved",
@@ -144,6 +145,16 @@ pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<O
                  If this was not you, reset your password now and create new recovery codes.\n",
                 name = text(data, "username")?,
                 left = data.get("remaining").and_then(Value::as_u64).unwrap_or(0)
+            ),
+        ),
+        "RecoveryCodesGenerated" => (
+            "recovery_codes_generated",
+            "New recovery codes for your account",
+            format!(
+                "Hello {name},\n\nNew recovery codes were created for your account; any \
+                 earlier ones no longer work.\n\nIf this was not you, reset your password now \
+                 and create new recovery codes.\n",
+                name = text(data, "username")?
             ),
         ),
         "PasskeyRegistered" => (
