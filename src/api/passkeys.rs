@@ -62,6 +62,9 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 /// Seconds between a ceremony's start and its finish, at most.
 pub const CEREMONY_SECS: u64 = 300;
 
+/// Most passkeys one account may hold (each login's ceremony carries all of them).
+pub const MAX_PASSKEYS: usize = 10;
+
 const REGISTER: &str = "register";
 const LOGIN: &str = "login";
 const SECOND_FACTOR: &str = "second_factor";
@@ -154,6 +157,7 @@ async fn accept_use(
     request_body = FactorChangeRequest,
     responses(
         (status = 200, body = PasskeyCeremony),
+        (status = 409, description = "The account holds the most passkeys it may (10; code `too_many_passkeys`): remove one first", body = crate::api::error::ErrorDetail),
         (status = 429, description = "Too many wrong passwords or codes from this client address: wait `Retry-After` seconds", body = crate::api::error::ErrorDetail),
     )
 )]
@@ -168,6 +172,13 @@ pub(crate) async fn register_start(
         .load(&user.user_id.to_string())
         .await
         .map_err(aggregate_error)?;
+    if account.mfa.passkeys.len() >= MAX_PASSKEYS {
+        return Err(ApiError::detail(
+            StatusCode::CONFLICT,
+            "too_many_passkeys",
+            format!("An account may hold {MAX_PASSKEYS} passkeys: remove one first."),
+        ));
+    }
     verify_factor_change(&state, &user, &meta, &account, &body).await?;
     let existing = passkeys_of(&state, user.user_id, &account.mfa.passkeys).await?;
     let exclude = existing

@@ -100,7 +100,7 @@ fn contract() -> BTreeMap<(&'static str, &'static str), Vec<u16>> {
         ),
         (
             ("post", "/accounts/api/passkeys/register/start/"),
-            vec![200, 400, 401, 413, 415, 429, 503],
+            vec![200, 400, 401, 409, 413, 415, 429, 503],
         ),
         (
             ("post", "/accounts/api/passkeys/register/finish/"),

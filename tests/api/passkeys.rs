@@ -344,3 +344,60 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test]
+async fn an_account_holds_at_most_ten_passkeys() {
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("tenkeys", "tenkeys@example.com").await;
+    let (_, first) = register(&app, &access).await;
+    let codes: Vec<String> = first["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    // Every later one needs a code too (a second factor is on now).
+    for code in &codes[..9] {
+        let start = json_of(
+            app.post_authed(
+                "/accounts/api/passkeys/register/start/",
+                &access,
+                &json!({"password": PASSWORD, "code": code}),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+        let mut passkey = SoftPasskey::new();
+        let credential = passkey.register(&start["options"], ORIGIN);
+        let done = app
+            .post_authed(
+                "/accounts/api/passkeys/register/finish/",
+                &access,
+                &json!({"ceremony_id": start["ceremony_id"], "credential": credential}),
+            )
+            .await;
+        assert_eq!(done.status(), StatusCode::OK);
+    }
+    let eleventh = app
+        .post_authed(
+            "/accounts/api/passkeys/register/start/",
+            &access,
+            &json!({"password": PASSWORD, "code": codes[9]}),
+        )
+        .await;
+    assert_eq!(
+        json_of(eleventh, StatusCode::CONFLICT).await["code"],
+        "too_many_passkeys"
+    );
+    let factors = json_of(
+        app.get_authed("/accounts/api/mfa/", &access).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(factors["passkeys"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        factors["recovery_codes_left"], 1,
+        "the refusal spent no code"
+    );
+}
