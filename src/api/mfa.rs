@@ -158,42 +158,34 @@ async fn checked_second_factor(
     user: &User,
     code: &str,
 ) -> ApiResult<Option<SecondFactor>> {
-    let key = guess_key(user_id);
     let source = source_of(meta.ip.as_deref());
-    state.throttle.admit(&key, &source).await??;
-    match second_factor_ok(state, user_id, user, code).await {
-        Ok(Some(factor)) => {
-            if let Err(error) = state.throttle.succeeded(&key, &source).await {
-                tracing::warn!(%error, "cannot clear a right second factor's source");
-            }
-            if factor == SecondFactor::RecoveryCode {
-                if let Some((batch_id, _)) = user.mfa.recovery_codes {
-                    let command = UserCommand::UseRecoveryCode {
-                        batch_id,
-                        now: Utc::now(),
-                    };
-                    match state
-                        .users
-                        .execute(&user_id.to_string(), command, meta)
-                        .await
-                    {
-                        Ok(_) => {}
-                        // New codes replaced this batch meanwhile: the code is void.
-                        Err(AggregateError::UserError(UserError::StaleRecoveryCodes)) => {
-                            return Ok(None)
-                        }
-                        Err(error) => return Err(aggregate_error(error)),
-                    }
-                }
-            }
-            Ok(Some(factor))
-        }
-        Ok(None) => Ok(None),
-        Err(error) => {
-            state.throttle.refund(&key, &source).await;
-            Err(error)
+    let checked = state
+        .throttle
+        .guess(
+            &guess_key(user_id),
+            &source,
+            second_factor_ok(state, user_id, user, code),
+        )
+        .await?;
+    if let (Some(SecondFactor::RecoveryCode), Some((batch_id, _))) =
+        (checked, user.mfa.recovery_codes)
+    {
+        let command = UserCommand::UseRecoveryCode {
+            batch_id,
+            now: Utc::now(),
+        };
+        match state
+            .users
+            .execute(&user_id.to_string(), command, meta)
+            .await
+        {
+            Ok(_) => {}
+            // New codes replaced this batch meanwhile: the code is void.
+            Err(AggregateError::UserError(UserError::StaleRecoveryCodes)) => return Ok(None),
+            Err(error) => return Err(aggregate_error(error)),
         }
     }
+    Ok(checked)
 }
 
 /// New recovery codes for the account: stored as keyed hashes under a new batch id.
@@ -261,11 +253,7 @@ pub(crate) async fn factors(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> ApiResult<Json<SecondFactors>> {
-    let account = state
-        .users
-        .load(&user.user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     let passkeys =
         store::passkeys::of_user(&state.pool, user.user_id, &account.mfa.passkeys).await?;
     Ok(Json(SecondFactors {
@@ -326,11 +314,7 @@ pub(crate) async fn totp_setup(
     meta: RequestMeta,
     Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<TotpSetup>> {
-    let account = state
-        .users
-        .load(&user.user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if account.mfa.totp.is_some() {
         return Err(totp_enabled_already());
     }
@@ -434,11 +418,7 @@ pub(crate) async fn totp_confirm(
     meta: RequestMeta,
     Body(body): Body<TotpConfirmRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
-    let account = state
-        .users
-        .load(&user.user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if account.mfa.totp.is_some() {
         return Err(totp_enabled_already());
     }
@@ -451,20 +431,18 @@ pub(crate) async fn totp_confirm(
     let Code::Totp(code) = Code::parse(&body.code) else {
         return Err(wrong_code());
     };
-    let key = guess_key(user.user_id);
+    let check = async {
+        let right = totp_code_ok(&state, enrolment_id, &account.email, &code).await?;
+        Ok(right.then_some(()))
+    };
     let source = source_of(meta.ip.as_deref());
-    state.throttle.admit(&key, &source).await??;
-    match totp_code_ok(&state, enrolment_id, &account.email, &code).await {
-        Ok(true) => {
-            if let Err(error) = state.throttle.succeeded(&key, &source).await {
-                tracing::warn!(%error, "cannot clear a right code's source");
-            }
-        }
-        Ok(false) => return Err(wrong_code()),
-        Err(error) => {
-            state.throttle.refund(&key, &source).await;
-            return Err(error);
-        }
+    if state
+        .throttle
+        .guess(&guess_key(user.user_id), &source, check)
+        .await?
+        .is_none()
+    {
+        return Err(wrong_code());
     }
     let (batch_id, codes) = store_recovery_codes(&state, user.user_id).await?;
     let command = UserCommand::EnableTotp {
@@ -537,7 +515,7 @@ pub(crate) async fn totp_disable(
     Body(body): Body<TotpDisableRequest>,
 ) -> ApiResult<Json<Msg>> {
     let id = user.user_id.to_string();
-    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if account.mfa.totp.is_none() {
         return Err(totp_not_enabled());
     }
@@ -647,7 +625,7 @@ pub(crate) async fn regenerate_recovery_codes(
     Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let id = user.user_id.to_string();
-    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if !account.mfa.required() {
         return Err(totp_not_enabled());
     }
@@ -723,31 +701,14 @@ pub(crate) async fn login_second_factor(
     meta: RequestMeta,
     Body(body): Body<SecondFactorLoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let session_id = body.mfa_token.0.ok_or_else(invalid_challenge)?;
-    let id = session_id.to_string();
-    let session = state.sessions.load(&id).await.map_err(aggregate_error)?;
-    let user_id = session
-        .live_challenge(Utc::now())
-        .ok_or_else(invalid_challenge)?
-        .user_id;
-    let user = state
-        .users
-        .load(&user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let (session_id, user_id, user) = live_challenge(&state, body.mfa_token.0).await?;
     let Some(factor) = checked_second_factor(&state, &meta, user_id, &user, &body.code).await?
     else {
-        let command = SessionCommand::RecordSecondFactorFailure {
-            method: match Code::parse(&body.code) {
-                Code::Totp(_) => SecondFactor::Totp,
-                Code::Recovery(_) => SecondFactor::RecoveryCode,
-            },
-            now: Utc::now(),
+        let method = match Code::parse(&body.code) {
+            Code::Totp(_) => SecondFactor::Totp,
+            Code::Recovery(_) => SecondFactor::RecoveryCode,
         };
-        match state.sessions.execute(&id, command, &meta).await {
-            Ok(_) | Err(AggregateError::UserError(_)) => {}
-            Err(error) => tracing::warn!(%error, "cannot record a wrong second factor"),
-        }
+        record_failure(&state, &meta, session_id, method).await;
         return Err(wrong_code());
     };
     start_session(
@@ -759,6 +720,48 @@ pub(crate) async fn login_second_factor(
         Some(factor),
     )
     .await
+}
+
+/// The session of a genuine challenge token (`None`: not one of ours), while its challenge is
+/// live, with the user it is for: 401 `token_not_valid` otherwise.
+pub(crate) async fn live_challenge(
+    state: &AppState,
+    session_id: Option<Uuid>,
+) -> ApiResult<(Uuid, Uuid, User)> {
+    let session_id = session_id.ok_or_else(invalid_challenge)?;
+    let session = state
+        .sessions
+        .load(&session_id.to_string())
+        .await
+        .map_err(aggregate_error)?;
+    let user_id = session
+        .live_challenge(Utc::now())
+        .ok_or_else(invalid_challenge)?
+        .user_id;
+    let user = state.load_user(user_id).await?;
+    Ok((session_id, user_id, user))
+}
+
+/// Records a wrong second factor against the challenge of `session_id` (five spend it). A
+/// challenge that ended meanwhile records nothing; a failure to record is logged.
+pub(crate) async fn record_failure(
+    state: &AppState,
+    meta: &RequestMeta,
+    session_id: Uuid,
+    method: SecondFactor,
+) {
+    let command = SessionCommand::RecordSecondFactorFailure {
+        method,
+        now: Utc::now(),
+    };
+    match state
+        .sessions
+        .execute(&session_id.to_string(), command, meta)
+        .await
+    {
+        Ok(_) | Err(AggregateError::UserError(_)) => {}
+        Err(error) => tracing::warn!(%error, "cannot record a wrong second factor"),
+    }
 }
 
 /// Starts the session `session_id` of `user` (completing its challenge when `second_factor` is

@@ -9,7 +9,10 @@
 //! accepted origins are settings (`WEBAUTHN_RP_ID`, `WEBAUTHN_ORIGINS`).
 
 use super::account::LoginResponse;
-use super::mfa::{start_session, store_recovery_codes, verify_factor_change, FactorChangeRequest};
+use super::mfa::{
+    live_challenge, record_failure, start_session, store_recovery_codes, verify_factor_change,
+    FactorChangeRequest,
+};
 use super::registration::aggregate_error;
 use super::{msg, Msg};
 use crate::api::body::{Body, Form, FromBody, RequestMeta};
@@ -18,7 +21,7 @@ use crate::api::state::AppState;
 use crate::auth::AuthUser;
 use crate::store;
 use crate::store::passkeys::Ceremony;
-use aggregates::session::{LoginMethod, SecondFactor, SessionCommand};
+use aggregates::session::{LoginMethod, SecondFactor};
 use aggregates::user::{UserCommand, UserError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -167,11 +170,7 @@ pub(crate) async fn register_start(
     meta: RequestMeta,
     Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<PasskeyCeremony>> {
-    let account = state
-        .users
-        .load(&user.user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if account.mfa.passkeys.len() >= MAX_PASSKEYS {
         return Err(ApiError::detail(
             StatusCode::CONFLICT,
@@ -291,7 +290,7 @@ pub(crate) async fn register_finish(
         _ => ApiError::from(error),
     })?;
     let id = user.user_id.to_string();
-    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     let recovery = match account.mfa.recovery_codes {
         Some(_) => None,
         None => Some(store_recovery_codes(&state, user.user_id).await?),
@@ -346,11 +345,7 @@ pub(crate) async fn remove(
     Body(body): Body<FactorChangeRequest>,
 ) -> ApiResult<Json<Msg>> {
     let passkey_id = Uuid::try_parse(&passkey_id).map_err(|_| ApiError::not_found())?;
-    let account = state
-        .users
-        .load(&user.user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let account = state.load_user(user.user_id).await?;
     if !account.mfa.passkeys.contains(&passkey_id) {
         return Err(ApiError::not_found());
     }
@@ -428,11 +423,7 @@ pub(crate) async fn login_finish(
         .webauthn
         .identify_discoverable_authentication(&credential)
         .map_err(|_| not_verified())?;
-    let user = state
-        .users
-        .load(&user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
+    let user = state.load_user(user_id).await?;
     if !user.is_active {
         return Err(not_verified());
     }
@@ -476,37 +467,6 @@ impl FromBody for ChallengeRequest {
     }
 }
 
-/// The challenge's session and the user it is for, while it is live.
-async fn live_challenge(
-    state: &AppState,
-    session_id: Option<Uuid>,
-) -> ApiResult<(Uuid, aggregates::User)> {
-    let invalid = || {
-        ApiError::detail(
-            StatusCode::UNAUTHORIZED,
-            "token_not_valid",
-            "The login challenge is not valid: it expired, was used, or took too many wrong \
-             codes. Log in again.",
-        )
-    };
-    let session_id = session_id.ok_or_else(invalid)?;
-    let session = state
-        .sessions
-        .load(&session_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
-    let user_id = session
-        .live_challenge(Utc::now())
-        .ok_or_else(invalid)?
-        .user_id;
-    let user = state
-        .users
-        .load(&user_id.to_string())
-        .await
-        .map_err(aggregate_error)?;
-    Ok((session_id, user))
-}
-
 #[utoipa::path(
     post,
     path = "/accounts/api/login/mfa/passkey/start/",
@@ -525,8 +485,7 @@ pub(crate) async fn second_factor_start(
     State(state): State<AppState>,
     Body(body): Body<ChallengeRequest>,
 ) -> ApiResult<Json<PasskeyCeremony>> {
-    let (session_id, user) = live_challenge(&state, body.mfa_token).await?;
-    let user_id = user.id.ok_or(ApiError::InvalidToken)?;
+    let (session_id, user_id, user) = live_challenge(&state, body.mfa_token).await?;
     let passkeys: Vec<Passkey> = passkeys_of(&state, user_id, &user.mfa.passkeys)
         .await?
         .into_iter()
@@ -598,8 +557,7 @@ pub(crate) async fn second_factor_finish(
     meta: RequestMeta,
     Body(body): Body<SecondFactorPasskeyRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let (session_id, user) = live_challenge(&state, body.mfa_token).await?;
-    let user_id = user.id.ok_or(ApiError::InvalidToken)?;
+    let (session_id, user_id, user) = live_challenge(&state, body.mfa_token).await?;
     let ceremony = store::passkeys::take_ceremony(&state.pool, body.ceremony_id, SECOND_FACTOR)
         .await?
         .filter(|c| c.session_id == Some(session_id) && c.user_id == Some(user_id))
@@ -621,18 +579,7 @@ pub(crate) async fn second_factor_finish(
         None => false,
     };
     if !accepted {
-        let command = SessionCommand::RecordSecondFactorFailure {
-            method: SecondFactor::Passkey,
-            now: Utc::now(),
-        };
-        match state
-            .sessions
-            .execute(&session_id.to_string(), command, &meta)
-            .await
-        {
-            Ok(_) | Err(AggregateError::UserError(_)) => {}
-            Err(error) => tracing::warn!(%error, "cannot record a failed passkey"),
-        }
+        record_failure(&state, &meta, session_id, SecondFactor::Passkey).await;
         return Err(not_verified());
     }
     start_session(

@@ -133,34 +133,28 @@ pub(crate) async fn verify_current_password(
 ) -> ApiResult<()> {
     let key = email_key(&user.profile.email);
     let source = source_of(meta.ip.as_deref());
-    state.throttle.admit(&key, &source).await??;
-    let id = user.user_id.to_string();
-    let checked = async {
-        let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let check = async {
+        let account = state.load_user(user.user_id).await?;
         let hash = match account.credential_id {
             Some(credential) => store::password_hash(&state.pool, credential).await?,
             None => None,
         };
-        state
+        let right = state
             .hasher
             .verify(password, hash)
             .await
-            .map_err(hash_error)
-    }
-    .await;
-    match checked {
-        Ok(true) => Ok(state.throttle.succeeded(&key, &source).await?),
-        Ok(false) => {
+            .map_err(hash_error)?;
+        Ok(right.then_some(()))
+    };
+    match state.throttle.guess(&key, &source, check).await? {
+        Some(()) => Ok(()),
+        None => {
             let message = if field == "old_password" {
                 "Old password is incorrect."
             } else {
                 "Password is incorrect."
             };
             Err(ApiError::field(field, message))
-        }
-        Err(error) => {
-            state.throttle.refund(&key, &source).await;
-            Err(error)
         }
     }
 }
@@ -287,7 +281,7 @@ pub(crate) async fn set_new_password(
         .verify_link(Purpose::PasswordReset, user_id, &token)
         .ok_or_else(invalid_reset)?;
     let id = user_id.to_string();
-    let account = state.users.load(&id).await.map_err(aggregate_error)?;
+    let account = state.load_user(user_id).await?;
     let now = Utc::now();
     let live = account
         .reset

@@ -124,6 +124,14 @@ impl AppState {
         }
     }
 
+    /// The account `user_id` as its events tell it.
+    pub async fn load_user(&self, user_id: uuid::Uuid) -> Result<aggregates::User, ApiError> {
+        self.users
+            .load(&user_id.to_string())
+            .await
+            .map_err(crate::api::aggregate_error)
+    }
+
     /// Runs a `User` command and waits until the read models show it (read-your-writes). For
     /// commands whose refusal is not expected: any error is an `ApiError`.
     pub async fn execute_user(

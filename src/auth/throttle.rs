@@ -7,6 +7,7 @@
 //! released afterwards: an aborted request stays counted (against its own source only), a shed
 //! one is given back ([`LoginThrottle::refund`]), a success clears its source.
 
+use crate::api::error::ApiError;
 use crate::store::LoginCandidate;
 use sqlx::PgPool;
 use std::net::IpAddr;
@@ -145,6 +146,32 @@ impl LoginThrottle {
             last_sequence: last_sequence.unwrap_or(0),
             hashes,
         })))
+    }
+
+    /// Runs `check` as one admitted guess of `account` from `source` (a password or a
+    /// second-factor code): 429 when the source must wait; a right guess (`Some`) clears the
+    /// source's failures (a failed clear is logged: it only leaves the count as it was, the
+    /// check stands), a wrong one (`None`) stays counted, a check that broke is given back.
+    pub async fn guess<T>(
+        &self,
+        account: &str,
+        source: &str,
+        check: impl std::future::Future<Output = Result<Option<T>, ApiError>>,
+    ) -> Result<Option<T>, ApiError> {
+        self.admit(account, source).await??;
+        match check.await {
+            Ok(Some(right)) => {
+                if let Err(error) = self.succeeded(account, source).await {
+                    tracing::warn!(%error, "cannot clear a right guess's source");
+                }
+                Ok(Some(right))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                self.refund(account, source).await;
+                Err(error)
+            }
+        }
     }
 
     /// The admitted check succeeded: the source's failures are forgotten and it becomes familiar.
