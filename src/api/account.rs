@@ -210,10 +210,11 @@ pub(crate) async fn login(
     if user.mfa.required() {
         // The password was right: its source's failures are cleared as for any login, and the
         // session's stream starts with the challenge that `login/mfa/` completes.
+        let methods = super::mfa::methods_of(&user);
         let command = SessionCommand::Challenge {
             user_id,
             token_epoch: user.token_epoch,
-            methods: super::mfa::methods_of(&user),
+            methods: methods.clone(),
             ttl: Duration::seconds(state.settings.mfa_challenge_ttl as i64),
             now: Utc::now(),
         };
@@ -231,7 +232,7 @@ pub(crate) async fn login(
                 .to_owned(),
             mfa_required: true,
             mfa_token: state.links.challenge_token(session_id),
-            methods: super::mfa::methods_of(&user),
+            methods,
             expires_in: state.settings.mfa_challenge_ttl,
         })));
     }
