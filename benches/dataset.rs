@@ -58,8 +58,10 @@ async fn main() -> anyhow::Result<()> {
         ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let vault = settings.vault()?;
     let started = Instant::now();
-    let events = accounts::ops::seed::seed(&pool, &hash, users, 365, 1, |_| {}).await?;
+    let events =
+        accounts::ops::seed::seed(&pool, Some(&vault), &hash, users, 365, 1, |_| {}).await?;
     let seed_secs = started.elapsed().as_secs_f64();
     eprintln!("seeded {users} users, {events} events in {seed_secs:.1} s");
     sqlx::query("analyze").execute(&pool).await?;
@@ -67,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let (read, read_secs) = read_baseline(&pool).await?;
     let read_rate = read as f64 / read_secs;
     let mut rebuild_rows = Vec::new();
-    for projector in projections::all() {
+    for projector in projections::all(&vault) {
         let report = projections::rebuild::rebuild(&pool, projector.as_ref(), |_| {}).await?;
         eprintln!(
             "rebuilt {} at {:.0} events/s",

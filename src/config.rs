@@ -161,6 +161,25 @@ pub struct Settings {
     #[arg(long, env = "MFA_KEY_FILE")]
     pub mfa_key_file: Option<PathBuf>,
 
+    /// Key-encryption key of the per-person data keys that seal personal data in events (32
+    /// random bytes, hex). Default: `<DATA_DIR>/data.key`, generated if missing. Every process of
+    /// a deployment needs the same; keep it out of database backups (with it, a backup taken
+    /// before a deletion opens that person's data again until the backup ages out). Losing it
+    /// makes every event's personal data unreadable.
+    #[arg(long, env = "DATA_KEY_FILE")]
+    pub data_key_file: Option<PathBuf>,
+
+    /// Bearer tokens of trusted workers that may open the personal data of published events
+    /// (`POST /accounts/internal/events/open/`), comma-separated. Empty: that endpoint refuses
+    /// everyone.
+    #[arg(
+        long,
+        env = "WORKER_TOKENS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub worker_tokens: String,
+
     /// How long a login that needs a second factor waits for it after the password, in seconds.
     #[arg(long, env = "MFA_CHALLENGE_TTL", default_value_t = 300)]
     pub mfa_challenge_ttl: u64,
@@ -309,6 +328,37 @@ impl Settings {
         self.mfa_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("mfa.key"))
+    }
+
+    pub fn data_key_file(&self) -> PathBuf {
+        self.data_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("data.key"))
+    }
+
+    /// The vault of personal data: the key-encryption key, generated if missing.
+    pub fn vault(&self) -> anyhow::Result<projections::pii::Vault> {
+        let key = crate::auth::secrets::load_or_generate_key(
+            &self.data_key_file(),
+            "data key-encryption key",
+        )?;
+        Ok(projections::pii::Vault::new(key))
+    }
+
+    /// The worker tokens, each at least 32 characters (shorter ones are refused at start).
+    pub fn worker_tokens(&self) -> anyhow::Result<Vec<String>> {
+        let tokens: Vec<String> = self
+            .worker_tokens
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        anyhow::ensure!(
+            tokens.iter().all(|t| t.len() >= 32),
+            "every WORKER_TOKENS entry must be at least 32 characters"
+        );
+        Ok(tokens)
     }
 
     pub fn reader_poll(&self) -> Duration {

@@ -58,6 +58,11 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Crypto-shredding: seal the personal data of events written in clear.
+    Erasure {
+        #[command(subcommand)]
+        action: ErasureAction,
+    },
     /// Inspect and retry mails that could not be delivered.
     Mail {
         #[command(subcommand)]
@@ -95,6 +100,18 @@ enum UserAction {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Delete an account for good (e.g. for a support request): what its owner's
+    /// `POST /accounts/api/delete/account/` does, recorded with the reason.
+    Delete {
+        /// The user id or e-mail address.
+        #[arg(long)]
+        user: String,
+        /// Why (kept readable in the event: never put personal data here).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +125,14 @@ enum MailAction {
         #[command(flatten)]
         settings: Settings,
     },
+}
+
+#[derive(Subcommand)]
+enum ErasureAction {
+    /// Seal the personal data of every event written before crypto-shredding under its
+    /// person's data key (resumable: an interrupted run continues where it stopped), and hash
+    /// the identities held in clear.
+    Migrate(Settings),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +174,17 @@ async fn run() -> anyhow::Result<()> {
         Command::User {
             action: UserAction::Export { user, settings },
         } => return cli::user_export(&settings, &user).await,
+        Command::User {
+            action:
+                UserAction::Delete {
+                    user,
+                    reason,
+                    settings,
+                },
+        } => return cli::user_delete(&settings, &user, &reason).await,
+        Command::Erasure {
+            action: ErasureAction::Migrate(settings),
+        } => return cli::erasure_migrate(&settings).await,
         Command::Mail { action } => {
             return match action {
                 MailAction::Failed(settings) => cli::failed_mails(&settings).await,

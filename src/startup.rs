@@ -81,6 +81,9 @@ impl Application {
             &settings.jwt_audience,
         )?;
         let links = LinkSigner::load_or_generate(&settings.link_key_file())?;
+        let vault = settings.vault()?;
+        crate::store::hash_identities(&pool, &vault).await?;
+        let worker_tokens = Arc::new(settings.worker_tokens()?);
         let second_factors =
             crate::auth::mfa::SecondFactorKeys::load_or_generate(&settings.mfa_key_file())?;
         let webauthn = Arc::new(crate::auth::mfa::relying_party(&settings)?);
@@ -129,11 +132,13 @@ impl Application {
         let state = AppState {
             users: Arc::new(CommandBus::with_cache_capacity(
                 pool.clone(),
+                vault.clone(),
                 (),
                 settings.aggregate_cache_size,
             )),
             sessions: Arc::new(CommandBus::with_cache_capacity(
                 pool.clone(),
+                vault.clone(),
                 (),
                 settings.aggregate_cache_size,
             )),
@@ -144,15 +149,17 @@ impl Application {
             links,
             second_factors,
             webauthn,
-            projectors: Arc::new(projections::all()),
+            projectors: Arc::new(projections::all(&vault)),
             seen_logins: Default::default(),
             catch_up_gates: Arc::new(
-                projections::all()
+                projections::all(&vault)
                     .iter()
                     .map(|_| Arc::new(projections::CatchUpGate::default()))
                     .collect(),
             ),
             throttle,
+            vault,
+            worker_tokens,
             nats: nats.clone(),
             background: tokio_util::task::TaskTracker::new(),
         };
@@ -287,6 +294,7 @@ pub fn http_app(
 ) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let settings = state.settings.clone();
+    let vault = state.vault.clone();
     let router = routes::router(state, ip_limit)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::observe::track_http));
@@ -300,7 +308,9 @@ pub fn http_app(
     crate::api::layers::harden(router, &settings)
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(request_span)
+                .make_span_with(move |request: &axum::extract::Request| {
+                    request_span(request, &vault)
+                })
                 .on_failure(request_failed),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -331,8 +341,13 @@ fn request_failed(
 }
 
 /// The span of one request: method, route template (recorded once routed), request id and
-/// client address. Never the URI: e-mailed links carry their tokens in the path.
-fn request_span(request: &axum::extract::Request) -> tracing::Span {
+/// a pseudonym of the client address. Never the URI: e-mailed links carry their tokens in the
+/// path. Never the address itself: logs hold no personal data in clear, and they cannot be
+/// crypto-shredded (the pseudonym is stable, so one client's requests still group together).
+fn request_span(
+    request: &axum::extract::Request,
+    vault: &projections::pii::Vault,
+) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -341,15 +356,22 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
     let client = request
         .extensions()
         .get::<crate::api::layers::ClientIp>()
-        .map(|c| c.0.to_string())
+        .map(|c| client_pseudonym(vault, c.0))
         .unwrap_or_default();
     tracing::info_span!(
         "request",
         method = %request.method(),
         route = tracing::field::Empty,
         request_id,
-        client_ip = %client,
+        client = %client,
     )
+}
+
+/// What logs name a client address by: 16 hex digits of its keyed hash.
+pub fn client_pseudonym(vault: &projections::pii::Vault, ip: std::net::IpAddr) -> String {
+    let mut hash = vault.identity_hash("ip", &ip.to_string());
+    hash.truncate(16);
+    hash
 }
 
 /// Serves metrics and probes on the management listener until `shutdown`.

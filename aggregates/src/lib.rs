@@ -18,5 +18,24 @@ pub mod values;
 pub use session::{SecondFactor, Session, SessionCommand, SessionError, SessionEvent};
 pub use user::{User, UserCommand, UserError, UserEvent};
 
+/// Whose personal data an aggregate's events hold: the person whose data key seals them (see
+/// `projections::pii`). `None` before the aggregate names one.
+pub trait DataSubject {
+    fn data_subject(&self) -> Option<uuid::Uuid>;
+}
+
+impl DataSubject for User {
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        self.id
+    }
+}
+
+impl DataSubject for Session {
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        self.user_id
+            .or_else(|| self.challenge.as_ref().map(|c| c.user_id))
+    }
+}
+
 /// The version string every event currently carries; a change of shape bumps it and adds an upcaster.
 pub const EVENT_VERSION: &str = "1.0";

@@ -18,11 +18,13 @@ pub const NAME: &str = "activity";
 
 pub struct ActivityProjector {
     target: Target,
+    vault: crate::pii::Vault,
 }
 
 impl ActivityProjector {
-    pub fn live() -> Self {
+    pub fn live(vault: crate::pii::Vault) -> Self {
         Self {
+            vault,
             target: Target::new(NAME, "user_activity"),
         }
     }
@@ -72,7 +74,14 @@ impl Projector for ActivityProjector {
     }
 
     fn retarget(&self, target: Target) -> std::sync::Arc<dyn Projector> {
-        std::sync::Arc::new(Self { target })
+        std::sync::Arc::new(Self {
+            target,
+            vault: self.vault.clone(),
+        })
+    }
+
+    fn vault(&self) -> &crate::pii::Vault {
+        &self.vault
     }
 
     /// One statement per batch: insert the (period, user) rows not there yet, and add how many

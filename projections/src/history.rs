@@ -60,11 +60,13 @@ pub async fn all(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Vec<His
 /// The user-history projector (the live table, or a rebuild's copy).
 pub struct HistoryProjector {
     target: Target,
+    vault: crate::pii::Vault,
 }
 
 impl HistoryProjector {
-    pub fn live() -> Self {
+    pub fn live(vault: crate::pii::Vault) -> Self {
         Self {
+            vault,
             target: Target::new(NAME, "user_history"),
         }
     }
@@ -76,6 +78,44 @@ struct Entry {
     name: &'static str,
     occurred_at: DateTime<Utc>,
     details: Value,
+}
+
+/// A registration's details: the username and address it was made with (left out once erased,
+/// as deletion leaves the row: see [`erase`]).
+fn registration_details(username: String, email: String) -> Value {
+    let mut details = json!({});
+    for (name, value) in [("username", username), ("email", email)] {
+        if !value.is_empty() {
+            details[name] = json!(value);
+        }
+    }
+    details
+}
+
+/// What an account's deletion leaves of its history in `table`: every row, without IP address,
+/// user agent, username or e-mail (the rows a rebuild makes from the erased events).
+async fn erase(conn: &mut PgConnection, table: &str, users: &[Uuid]) -> sqlx::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "update {table} set ip = null, user_agent = null, details = details - 'username' - 'email'
+          where user_id = any($1)
+            and (ip is not null or user_agent is not null or details ?| array['username', 'email'])"
+    ))
+    .bind(users)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The accounts deleted in a batch.
+fn deleted_in(events: &[StoredEvent]) -> Vec<Uuid> {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == "User" && e.event_type == "AccountDeleted")
+        .filter_map(|e| e.aggregate_id.parse().ok())
+        .collect()
 }
 
 /// The history entry an event makes, if any.
@@ -92,7 +132,7 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                 } => (
                     "registered",
                     registered_at,
-                    json!({"username": username, "email": email}),
+                    registration_details(username, email),
                 ),
                 UserEvent::ActivationLinkIssued {
                     issued_at,
@@ -180,6 +220,17 @@ fn entry(event: &StoredEvent) -> anyhow::Result<Option<Entry>> {
                     removed_at,
                     json!({"passkey_id": passkey_id}),
                 ),
+                UserEvent::AccountDeleted {
+                    by,
+                    reason,
+                    deleted_at,
+                } => {
+                    let mut details = json!({"by": by});
+                    if let Some(reason) = reason {
+                        details["reason"] = json!(reason);
+                    }
+                    ("account_deleted", deleted_at, details)
+                }
             };
             Some(Entry {
                 user_id,
@@ -289,7 +340,14 @@ impl Projector for HistoryProjector {
     }
 
     fn retarget(&self, target: Target) -> std::sync::Arc<dyn Projector> {
-        std::sync::Arc::new(Self { target })
+        std::sync::Arc::new(Self {
+            target,
+            vault: self.vault.clone(),
+        })
+    }
+
+    fn vault(&self) -> &crate::pii::Vault {
+        &self.vault
     }
 
     /// One multi-row insert per batch.
@@ -302,6 +360,7 @@ impl Projector for HistoryProjector {
         if rows.position.is_empty() {
             return Ok(());
         }
+        let deleted = deleted_in(events);
         sqlx::query(&format!(
             "insert into {} (user_id, position, event, occurred_at, ip, user_agent, details)
              select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
@@ -316,8 +375,9 @@ impl Projector for HistoryProjector {
         .bind(&rows.ip)
         .bind(&rows.user_agent)
         .bind(&rows.details)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+        erase(conn, self.table(), &deleted).await?;
         Ok(())
     }
 
@@ -340,6 +400,9 @@ impl Projector for HistoryProjector {
             .await?;
         copy.send(rows.copy_text()?).await?;
         copy.finish().await?;
+        // A deletion while the rebuild ran: rows it read before could hold what is erased now
+        // (a scan of the copy, which has no index yet; only batches with a deletion pay it).
+        erase(conn, self.table(), &deleted_in(events)).await?;
         Ok(())
     }
 }

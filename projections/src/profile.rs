@@ -34,7 +34,7 @@ pub async fn find(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<Option
     sqlx::query_as(
         "select user_id, username, email, is_active, date_joined, last_login, country, profession,
                 bio, thoughts, profile_img, token_epoch, version
-           from profile where user_id = $1",
+           from profile where user_id = $1 and deleted_at is null",
     )
     .bind(user_id)
     .fetch_optional(db)
@@ -62,7 +62,7 @@ pub async fn find_caller(
                 exists (select 1 from events e
                          where e.aggregate_type = 'Session' and e.aggregate_id = $2
                            and e.event_type in ('LoggedOut', 'Revoked')) as session_ended
-           from profile where user_id = $1",
+           from profile where user_id = $1 and deleted_at is null",
     )
     .bind(user_id)
     .bind(session_id.to_string())
@@ -73,11 +73,13 @@ pub async fn find_caller(
 /// The profile read model's projector (the live table, or a rebuild's copy).
 pub struct ProfileProjector {
     target: Target,
+    vault: crate::pii::Vault,
 }
 
 impl ProfileProjector {
-    pub fn live() -> Self {
+    pub fn live(vault: crate::pii::Vault) -> Self {
         Self {
+            vault,
             target: Target::new(NAME, "profile"),
         }
     }
@@ -101,6 +103,8 @@ struct Change {
     /// Password changes and resets: each bumps the token epoch.
     epochs: i32,
     last_login: Option<DateTime<Utc>>,
+    /// From `AccountDeleted`: the row keeps nothing personal from here on.
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 impl Change {
@@ -130,6 +134,18 @@ impl Change {
                 later(&mut self.profile_img, changes.profile_img);
             }
             UserEvent::PasswordChanged { .. } | UserEvent::PasswordReset { .. } => self.epochs += 1,
+            UserEvent::AccountDeleted { deleted_at, .. } => {
+                // Every token dies; what a later event of the batch could set is gone too.
+                self.epochs += 1;
+                self.deleted_at = Some(deleted_at);
+                self.activated = false;
+                let empty = Some(String::new());
+                self.country.clone_from(&empty);
+                self.profession.clone_from(&empty);
+                self.bio.clone_from(&empty);
+                self.thoughts.clone_from(&empty);
+                self.profile_img = empty;
+            }
             _ => {}
         }
         self.version = Some(sequence);
@@ -143,7 +159,14 @@ impl Projector for ProfileProjector {
     }
 
     fn retarget(&self, target: Target) -> std::sync::Arc<dyn Projector> {
-        std::sync::Arc::new(Self { target })
+        std::sync::Arc::new(Self {
+            target,
+            vault: self.vault.clone(),
+        })
+    }
+
+    fn vault(&self) -> &crate::pii::Vault {
+        &self.vault
     }
 
     async fn apply_batch(
@@ -199,6 +222,7 @@ impl Projector for ProfileProjector {
             all.profile_img.push(change.profile_img);
             all.epochs.push(change.epochs);
             all.last_login.push(change.last_login);
+            all.deleted_at.push(change.deleted_at);
         }
         if !new.user_id.is_empty() {
             sqlx::query(&format!(
@@ -217,7 +241,10 @@ impl Projector for ProfileProjector {
         }
         sqlx::query(&format!(
             "update {table} p
-                set is_active = p.is_active or c.activated,
+                set is_active = (p.is_active or c.activated) and c.deleted_at is null,
+                    username = case when c.deleted_at is null then p.username else '' end,
+                    email = case when c.deleted_at is null then p.email else '' end,
+                    deleted_at = coalesce(c.deleted_at, p.deleted_at),
                     country = coalesce(c.country, p.country),
                     profession = coalesce(c.profession, p.profession),
                     bio = coalesce(c.bio, p.bio),
@@ -228,9 +255,10 @@ impl Projector for ProfileProjector {
                     version = coalesce(c.version, p.version),
                     updated_at = now()
                from unnest($1::uuid[], $2::bigint[], $3::boolean[], $4::text[], $5::text[],
-                           $6::text[], $7::text[], $8::text[], $9::integer[], $10::timestamptz[])
+                           $6::text[], $7::text[], $8::text[], $9::integer[], $10::timestamptz[],
+                           $11::timestamptz[])
                     as c(user_id, version, activated, country, profession, bio, thoughts,
-                         profile_img, epochs, last_login)
+                         profile_img, epochs, last_login, deleted_at)
               where p.user_id = c.user_id"
         ))
         .bind(&all.user_id)
@@ -243,6 +271,7 @@ impl Projector for ProfileProjector {
         .bind(&all.profile_img)
         .bind(&all.epochs)
         .bind(&all.last_login)
+        .bind(&all.deleted_at)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -278,4 +307,5 @@ struct Rows {
     profile_img: Vec<Option<String>>,
     epochs: Vec<i32>,
     last_login: Vec<Option<DateTime<Utc>>>,
+    deleted_at: Vec<Option<DateTime<Utc>>>,
 }

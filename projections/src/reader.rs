@@ -18,9 +18,23 @@ pub struct StoredEvent {
     /// `xid8` as text: sqlx 0.8 has no type for it.
     pub transaction_id: String,
     pub recorded_at: DateTime<Utc>,
+    /// The subject's wrapped data key, fetched with the event (`None`: destroyed, or the event
+    /// seals nothing). See [`crate::pii`].
+    #[sqlx(default)]
+    pub data_key: Option<Vec<u8>>,
 }
 
 impl StoredEvent {
+    /// Opens the event's sealed personal values in place (erased ones read as empty).
+    pub fn open(&mut self, vault: &crate::pii::Vault) {
+        vault.open_event(
+            self.data_key.as_deref(),
+            &mut self.payload,
+            &mut self.metadata,
+        );
+        self.data_key = None;
+    }
+
     /// The id a consumer dedupes on: `<aggregate_type>:<aggregate_id>:<sequence>`.
     pub fn event_id(&self) -> String {
         format!(
@@ -123,7 +137,9 @@ pub async fn save_checkpoint(
 /// defeats the index.
 pub const READ_AFTER: &str =
     "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
+                (select k.wrapped from user_data_key k
+                  where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
            from events
           where (transaction_id, global_position) > ($1::text::xid8, $2)
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -135,7 +151,10 @@ pub const READ_AFTER: &str =
 pub const PEEK_AFTER: &str =
     "select e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
             e.payload, e.metadata, e.global_position, e.transaction_id::text as transaction_id,
-            e.recorded_at, c.transaction_id::text as checkpoint_transaction_id,
+            e.recorded_at,
+            (select k.wrapped from user_data_key k
+              where k.user_id = (e.metadata ->> 'subject')::uuid) as data_key,
+            c.transaction_id::text as checkpoint_transaction_id,
             c.position as checkpoint_position
        from (select transaction_id, position from reader_checkpoint where name = $1
              union all

@@ -243,6 +243,7 @@ async fn fill(
 ) -> anyhow::Result<u64> {
     let (batches, mut next) = tokio::sync::mpsc::channel::<Vec<StoredEvent>>(2);
     let reader_pool = pool.clone();
+    let vault = copy.vault().clone();
     let read = tokio::spawn(async move {
         let mut after = Checkpoint {
             transaction_id: "0".into(),
@@ -250,8 +251,11 @@ async fn fill(
         };
         loop {
             let mut conn = reader_pool.acquire().await?;
-            let events = reader::read_after(&mut conn, &after, REBUILD_BATCH).await?;
+            let mut events = reader::read_after(&mut conn, &after, REBUILD_BATCH).await?;
             drop(conn);
+            for event in &mut events {
+                event.open(&vault);
+            }
             let Some(last) = events.last() else {
                 return anyhow::Ok(());
             };

@@ -40,6 +40,9 @@ pub trait Projector: Send + Sync {
     /// Where it writes and under which checkpoint.
     fn target(&self) -> &Target;
 
+    /// What opens the personal data of the events it reads.
+    fn vault(&self) -> &crate::pii::Vault;
+
     /// The same projector writing to `target`.
     fn retarget(&self, target: Target) -> Arc<dyn Projector>;
 
@@ -102,11 +105,14 @@ pub async fn run_batch_of(
     size: i64,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let Some((mut tx, events)) =
+    let Some((mut tx, mut events)) =
         reader::begin_batch(&mut conn, projector.name(), look, size).await?
     else {
         return Ok(0);
     };
+    for event in &mut events {
+        event.open(projector.vault());
+    }
     projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {
         reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;

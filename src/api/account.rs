@@ -158,7 +158,7 @@ pub(crate) async fn login(
     // Admission and the account look-up in one round trip. The attempt is counted now, before
     // the hash is checked, so an aborted request has nothing to release; a refused attempt
     // touches no account (cheap under a flood of guesses, and says nothing about the address).
-    let account = email.key();
+    let account = state.vault.identity_hash("email", &email.key());
     let source = source_of(meta.ip.as_deref());
     let candidate = state.throttle.admit_login(&account, &source).await??;
     let (user, ok) = match verify_login(&state, candidate, &password).await {

@@ -5,6 +5,7 @@
 
 pub(crate) mod account;
 pub mod body;
+pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod layers;
@@ -43,6 +44,7 @@ pub fn router(state: AppState, ip_limit: Option<crate::api::layers::IpLimitLayer
         mfa::routes(),
         passkeys::routes(),
         export::routes(),
+        erasure::routes(),
         meta::routes(),
     ]
     .into_iter()

@@ -6,7 +6,8 @@
 use super::error::{BadRequest, ErrorDetail, ValidationErrors};
 use super::layers::QUOTA_PATHS;
 use super::{
-    account, export, meta, mfa, passkeys, password, profile, registration, sessions, tokens,
+    account, erasure, export, meta, mfa, passkeys, password, profile, registration, sessions,
+    tokens,
 };
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
@@ -72,6 +73,8 @@ use utoipa::OpenApi;
         passkeys::second_factor_start,
         passkeys::second_factor_finish,
         export::export,
+        erasure::delete_account,
+        erasure::open_event,
         meta::spectacular,
         meta::healthz,
         meta::readyz,
@@ -83,6 +86,7 @@ use utoipa::OpenApi;
         (name = "account", description = "The caller's dashboard, profile and history"),
         (name = "password", description = "Change, and reset by e-mailed link"),
         (name = "mfa", description = "Second factors: an authenticator app (TOTP) and recovery codes"),
+        (name = "workers", description = "For trusted worker processes (WORKER_TOKENS), not for users"),
         (name = "meta", description = "This document, liveness and readiness"),
     ),
     modifiers(&BearerAuth, &Aliases, &CommonErrors)
@@ -141,7 +145,8 @@ impl utoipa::Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let quota = QUOTA_PATHS.contains(&path.as_str());
-            let stored = path.starts_with("/accounts/api/") && !path.contains("spectacular");
+            let stored = (path.starts_with("/accounts/api/") && !path.contains("spectacular"))
+                || path.starts_with("/accounts/internal/");
             for operation in [item.get.as_mut(), item.post.as_mut()]
                 .into_iter()
                 .flatten()

@@ -12,7 +12,6 @@ use crate::auth::throttle::source_of;
 use crate::auth::AuthUser;
 use crate::store;
 use aggregates::user::{UserCommand, UserError};
-use aggregates::values::email_key;
 use aggregates::values::Email;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -114,7 +113,7 @@ pub(crate) async fn change_password(
     state
         .throttle
         .password_replaced(
-            &email_key(&user.profile.email),
+            &store::email_identity(&state.vault, &user.profile.email),
             &source_of(meta.ip.as_deref()),
         )
         .await?;
@@ -131,7 +130,7 @@ pub(crate) async fn verify_current_password(
     password: &SecretString,
     field: &str,
 ) -> ApiResult<()> {
-    let key = email_key(&user.profile.email);
+    let key = store::email_identity(&state.vault, &user.profile.email);
     let source = source_of(meta.ip.as_deref());
     let check = async {
         let account = state.load_user(user.user_id).await?;
@@ -322,7 +321,10 @@ pub(crate) async fn set_new_password(
             // The mail proved ownership: any login back-off of the account ends here.
             state
                 .throttle
-                .password_replaced(&email_key(&account.email), &source_of(meta.ip.as_deref()))
+                .password_replaced(
+                    &store::email_identity(&state.vault, &account.email),
+                    &source_of(meta.ip.as_deref()),
+                )
                 .await?;
             state
                 .sync_read_models("User", &id, done.last_sequence())

@@ -183,6 +183,13 @@ pub(crate) fn aggregate_error<E: std::error::Error + Send + Sync + 'static>(
     error: AggregateError<E>,
 ) -> ApiError {
     match error {
+        // A token of an account deleted meanwhile (in another process, say).
+        AggregateError::UserError(ref refused)
+            if (refused as &dyn std::any::Any).downcast_ref::<aggregates::UserError>()
+                == Some(&aggregates::UserError::Deleted) =>
+        {
+            ApiError::InvalidToken
+        }
         AggregateError::DatabaseConnectionError(inner) | AggregateError::UnexpectedError(inner)
             if inner
                 .downcast_ref::<sqlx::Error>()

@@ -30,6 +30,10 @@ pub struct AppState {
     /// One per projector, in the same order: see [`projections::CatchUpGate`].
     pub catch_up_gates: Arc<Vec<Arc<projections::CatchUpGate>>>,
     pub throttle: crate::auth::throttle::LoginThrottle,
+    /// Seals and opens personal data (crypto-shredding); hashes identities.
+    pub vault: projections::pii::Vault,
+    /// Bearer tokens of the workers that may open published events (WORKER_TOKENS).
+    pub worker_tokens: Arc<Vec<String>>,
     pub nats: async_nats::Client,
     /// Work started by a request that finishes after its response (see
     /// `execute_for_email_in_background`); shutdown waits for it.
@@ -187,9 +191,9 @@ impl AppState {
         make: impl FnOnce(uuid::Uuid) -> aggregates::UserCommand + Send + 'static,
         meta: crate::api::body::RequestMeta,
     ) {
-        let (pool, users) = (self.pool.clone(), self.users.clone());
+        let (pool, users, vault) = (self.pool.clone(), self.users.clone(), self.vault.clone());
         self.background.spawn(async move {
-            let owner = match crate::store::user_by_email(&pool, &email).await {
+            let owner = match crate::store::user_by_email(&pool, &vault, &email).await {
                 Ok(Some(owner)) => owner,
                 Ok(None) => return,
                 Err(error) => {

@@ -25,10 +25,11 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 /// `accounts projections rebuild [NAME]`.
 pub async fn rebuild(settings: &Settings, name: Option<&str>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
+    let vault = settings.vault()?;
     let projectors = match name {
-        Some(name) => vec![projections::by_name(name)
+        Some(name) => vec![projections::by_name(name, &vault)
             .with_context(|| format!("no projector called {name} (try profile or history)"))?],
-        None => projections::all(),
+        None => projections::all(&vault),
     };
     for projector in projectors {
         let total = projections::rebuild::event_count(&pool).await? as u64;
@@ -76,8 +77,9 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 /// `accounts user-at --user <id or e-mail> --at <RFC 3339>`.
 pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let user_id = user_id_of(&pool, user).await?;
-    match timetravel::user_as_of(&pool, user_id, at).await? {
+    let vault = settings.vault()?;
+    let user_id = user_id_of(&pool, &vault, user).await?;
+    match timetravel::user_as_of(&pool, &vault, user_id, at).await? {
         Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
         None => println!("{user_id} had not registered by {at}"),
     }
@@ -85,10 +87,14 @@ pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyh
 }
 
 /// The account a `--user` argument names: its id, or its e-mail address.
-async fn user_id_of(pool: &sqlx::PgPool, user: &str) -> anyhow::Result<Uuid> {
+async fn user_id_of(
+    pool: &sqlx::PgPool,
+    vault: &projections::pii::Vault,
+    user: &str,
+) -> anyhow::Result<Uuid> {
     match Uuid::parse_str(user) {
         Ok(id) => Ok(id),
-        Err(_) => store::user_by_email(pool, user)
+        Err(_) => store::user_by_email(pool, vault, user)
             .await?
             .with_context(|| format!("no account has the address {user}")),
     }
@@ -98,11 +104,61 @@ async fn user_id_of(pool: &sqlx::PgPool, user: &str) -> anyhow::Result<Uuid> {
 /// document `GET /accounts/api/export/` gives its owner).
 pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let user_id = user_id_of(&pool, user).await?;
+    let vault = settings.vault()?;
+    let user_id = user_id_of(&pool, &vault, user).await?;
     let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
         .await?
         .with_context(|| format!("no account has the id {user_id}"))?;
     println!("{}", serde_json::to_string_pretty(&export)?);
+    Ok(())
+}
+
+/// `accounts user delete --user ID --reason TEXT`.
+pub async fn user_delete(settings: &Settings, user: &str, reason: &str) -> anyhow::Result<()> {
+    let reason = reason.trim();
+    anyhow::ensure!(!reason.is_empty(), "--reason must say why");
+    let pool = prepare_database(settings).await?;
+    let vault = settings.vault()?;
+    let user_id = user_id_of(&pool, &vault, user).await?;
+    let users: store::commands::CommandBus<aggregates::User> =
+        store::commands::CommandBus::with_cache_capacity(pool.clone(), vault.clone(), (), 0);
+    let account = users
+        .load(&user_id.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load {user_id}: {e}"))?;
+    anyhow::ensure!(account.is_registered(), "no account has the id {user_id}");
+    anyhow::ensure!(!account.is_deleted(), "{user_id} was deleted already");
+    store::erasure::delete_account(
+        &pool,
+        &users,
+        &vault,
+        user_id,
+        &account,
+        (
+            aggregates::user::DeletionRequester::Operator,
+            Some(reason.to_owned()),
+        ),
+        &crate::api::body::RequestMeta::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot delete {user_id}: {e}"))?;
+    println!("{user_id} deleted; its data key is destroyed and a confirmation will be mailed");
+    Ok(())
+}
+
+/// `accounts erasure migrate`.
+pub async fn erasure_migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = prepare_database(settings).await?;
+    let vault = settings.vault()?;
+    store::hash_identities(&pool, &vault).await?;
+    let remaining = store::erasure::migrate_remaining(&pool).await?;
+    let progress = bar(remaining.max(0) as u64, "sealing");
+    let report = store::erasure::migrate(&pool, &vault, |n| progress.inc(n)).await?;
+    progress.finish_and_clear();
+    println!(
+        "read {} events, sealed the personal data of {}; identities are hashed",
+        report.scanned, report.sealed
+    );
     Ok(())
 }
 
@@ -116,7 +172,11 @@ pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let progress = bar((users * 10) as u64, "seed");
     let started = std::time::Instant::now();
-    let events = seed::seed(&pool, &hash, users, days, 42, |n| progress.inc(n as u64)).await?;
+    let vault = settings.vault()?;
+    let events = seed::seed(&pool, Some(&vault), &hash, users, days, 42, |n| {
+        progress.inc(n as u64)
+    })
+    .await?;
     progress.finish_and_clear();
     println!(
         "seeded {users} users and {events} events in {:.1} s; their password is {:?}",

@@ -8,6 +8,7 @@ use aggregates::user::{ActivationMethod, ProfileChanges};
 use aggregates::UserEvent;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::DomainEvent;
+use projections::pii::{DataKey, Vault};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -50,6 +51,10 @@ impl Ord for Row {
     }
 }
 
+/// How a generated event's personal data is sealed (see `projections::pii`): `None` writes it
+/// in clear, as events were before crypto-shredding (what `accounts erasure migrate` seals).
+type Seal<'a> = Option<(&'a Vault, &'a DataKey, Uuid)>;
+
 /// Generated rows not written yet, earliest first.
 #[derive(Default)]
 struct Pending {
@@ -67,8 +72,21 @@ impl Pending {
         event: &E,
         metadata: &Value,
         at: DateTime<Utc>,
+        seal: Seal<'_>,
     ) -> anyhow::Result<()> {
         self.order += 1;
+        let mut payload = serde_json::to_value(event)?;
+        let mut metadata = metadata.clone();
+        if let Some((vault, key, subject)) = seal {
+            if let Some(body) = payload.get_mut("Registered").and_then(Value::as_object_mut) {
+                for (kind, field) in [("email", "email_key"), ("username", "username_key")] {
+                    let canonical = body.get(field).and_then(Value::as_str).unwrap_or_default();
+                    let claim = vault.identity_hash(kind, canonical);
+                    body.insert(format!("{kind}_claim"), Value::String(claim));
+                }
+            }
+            vault.seal_event(key, subject, &mut payload, &mut metadata);
+        }
         self.rows.push(std::cmp::Reverse(Row {
             at,
             order: self.order,
@@ -77,8 +95,8 @@ impl Pending {
             sequence,
             event_type: event.event_type(),
             version: event.event_version(),
-            payload: serde_json::to_value(event)?,
-            metadata: metadata.clone(),
+            payload,
+            metadata,
         }));
         Ok(())
     }
@@ -156,6 +174,7 @@ impl Batch {
 /// act on it.
 pub async fn seed(
     pool: &PgPool,
+    vault: Option<&Vault>,
     password_hash: &str,
     users: usize,
     days: i64,
@@ -171,6 +190,7 @@ pub async fn seed(
     let mut offsets: Vec<i64> = (0..users).map(|_| rng.gen_range(0..span)).collect();
     offsets.sort_unstable();
     let mut credentials: (Vec<Uuid>, Vec<Uuid>) = (Vec::new(), Vec::new());
+    let mut keys: (Vec<Uuid>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     let mut total = 0;
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
     for n in 0..users {
@@ -188,9 +208,16 @@ pub async fn seed(
         let registered_at = now - Duration::seconds(span) + Duration::seconds(offsets[n]);
         let mut at = registered_at;
         let mut seq = 0i64;
+        let data_key = vault.map(|vault| {
+            let (key, wrapped) = vault.new_data_key(user_id);
+            keys.0.push(user_id);
+            keys.1.push(wrapped);
+            (vault, key)
+        });
+        let seal: Seal<'_> = data_key.as_ref().map(|(v, k)| (*v, k, user_id));
         let mut user_event = |pending: &mut Pending, event: UserEvent, at: DateTime<Utc>| {
             seq += 1;
-            pending.push("User", &id, seq, &event, &meta, at)
+            pending.push("User", &id, seq, &event, &meta, at, seal)
         };
         user_event(
             &mut pending,
@@ -279,6 +306,7 @@ pub async fn seed(
                     },
                     &meta,
                     at,
+                    seal,
                 )?;
                 for generation in 1..=rng.gen_range(0..4u32) {
                     at += Duration::minutes(15);
@@ -298,6 +326,7 @@ pub async fn seed(
                         },
                         &meta,
                         at,
+                        seal,
                     )?;
                 }
                 sseq += 1;
@@ -311,6 +340,7 @@ pub async fn seed(
                     },
                     &meta,
                     at,
+                    seal,
                 )?;
             }
         }
@@ -318,6 +348,7 @@ pub async fn seed(
         pending.release(registered_at, &mut batch);
         if batch.len() >= BATCH_ROWS {
             insert_credentials(pool, &mut credentials, password_hash).await?;
+            insert_keys(pool, &mut keys).await?;
             let written = batch.flush(pool).await?;
             total += written;
             progress(written);
@@ -325,9 +356,29 @@ pub async fn seed(
     }
     pending.release(now, &mut batch);
     insert_credentials(pool, &mut credentials, password_hash).await?;
+    insert_keys(pool, &mut keys).await?;
     let written = batch.flush(pool).await?;
     progress(written);
     Ok(total + written)
+}
+
+async fn insert_keys(
+    pool: &PgPool,
+    (users, wrapped): &mut (Vec<Uuid>, Vec<Vec<u8>>),
+) -> anyhow::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into user_data_key (user_id, wrapped) select * from unnest($1::uuid[], $2::bytea[])",
+    )
+    .bind(&*users)
+    .bind(&*wrapped)
+    .execute(pool)
+    .await?;
+    users.clear();
+    wrapped.clear();
+    Ok(())
 }
 
 async fn insert_credentials(

@@ -23,6 +23,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use hashlink::LruCache;
+use projections::pii::{self, Vault};
 use rand::Rng;
 use sqlx::PgPool;
 use std::sync::Mutex;
@@ -72,16 +73,21 @@ fn upcasters_of(aggregate_type: &str) -> Vec<Box<dyn EventUpcaster>> {
 
 impl<A> CommandBus<A>
 where
-    A: Aggregate + Clone,
+    A: Aggregate + Clone + aggregates::DataSubject,
     A::Command: Clone,
 {
-    pub fn new(pool: PgPool, services: A::Services) -> Self {
-        Self::with_cache_capacity(pool, services, DEFAULT_CACHE_CAPACITY)
+    pub fn new(pool: PgPool, vault: Vault, services: A::Services) -> Self {
+        Self::with_cache_capacity(pool, vault, services, DEFAULT_CACHE_CAPACITY)
     }
 
     /// A bus that keeps at most `capacity` aggregates in memory (0: none).
-    pub fn with_cache_capacity(pool: PgPool, services: A::Services, capacity: usize) -> Self {
-        let repo = EventRepository::new(pool);
+    pub fn with_cache_capacity(
+        pool: PgPool,
+        vault: Vault,
+        services: A::Services,
+        capacity: usize,
+    ) -> Self {
+        let repo = EventRepository::new(pool, vault);
         Self {
             store: PersistedEventStore::new_event_store(repo.clone())
                 .with_upcasters(upcasters_of(A::TYPE)),
@@ -203,13 +209,17 @@ where
                     events: vec![],
                 });
             }
+            let mut metadata = metadata.clone();
+            if let Some(subject) = next.data_subject() {
+                metadata.insert(pii::SUBJECT.to_owned(), subject.to_string());
+            }
             let context = EventStoreAggregateContext {
                 aggregate_id: id.to_owned(),
                 aggregate: next.clone(),
                 current_sequence: sequence,
                 current_snapshot: None,
             };
-            match self.store.commit(events, context, metadata.clone()).await {
+            match self.store.commit(events, context, metadata).await {
                 Ok(events) => {
                     self.remember(id, &next, sequence + events.len());
                     return Ok(Executed {
@@ -237,6 +247,17 @@ where
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Forgets an aggregate's cached state and its subject's data key in this process (the
+    /// account was deleted).
+    pub fn forget(&self, id: &str, subject: uuid::Uuid) {
+        if let Some(cache) = &self.cache {
+            if let Ok(mut cache) = cache.lock() {
+                cache.remove(id);
+            }
+        }
+        self.repo.forget(subject);
     }
 
     /// The state and sequence of one aggregate read from the store alone, bypassing the cache

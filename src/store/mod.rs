@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod db;
+pub mod erasure;
 pub mod events;
 pub mod mfa;
 pub mod passkeys;
@@ -10,6 +11,7 @@ pub mod timetravel;
 pub mod wake;
 
 use aggregates::values::{email_key, username_key};
+use projections::pii::Vault;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -52,13 +54,88 @@ pub async fn delete_credential(db: impl PgExecutor<'_>, credential_id: Uuid) -> 
     Ok(())
 }
 
-/// The account that owns an e-mail address (compared by its canonical key, see
-/// [`aggregates::values::email_key`]).
-pub async fn user_by_email(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<Option<Uuid>> {
+/// The key an e-mail address is unique, looked up and guessed under: the keyed hash of its
+/// canonical form ([`aggregates::values::email_key`], [`Vault::identity_hash`]).
+pub fn email_identity(vault: &Vault, email: &str) -> String {
+    vault.identity_hash("email", &email_key(email))
+}
+
+/// The account that owns an e-mail address.
+pub async fn user_by_email(
+    db: impl PgExecutor<'_>,
+    vault: &Vault,
+    email: &str,
+) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar("select user_id from user_identities where kind = 'email' and value = $1")
-        .bind(email_key(email))
+        .bind(email_identity(vault, email))
         .fetch_optional(db)
         .await
+}
+
+/// Replaces identities (and the guessing bound's account keys) held in clear by their keyed
+/// hashes: what a deployment from before crypto-shredding holds until its first start with it.
+/// Idempotent; several processes may run it at once.
+pub async fn hash_identities(pool: &PgPool, vault: &Vault) -> anyhow::Result<()> {
+    loop {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("select kind, value from user_identities where not hashed limit 5000")
+                .fetch_all(pool)
+                .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let (kinds, values): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+        let hashes: Vec<String> = kinds
+            .iter()
+            .zip(&values)
+            .map(|(kind, value)| vault.identity_hash(kind, value))
+            .collect();
+        sqlx::query(
+            "update user_identities i set value = h.hash, hashed = true
+               from unnest($1::text[], $2::text[], $3::text[]) as h(kind, value, hash)
+              where i.kind = h.kind and i.value = h.value and not i.hashed",
+        )
+        .bind(&kinds)
+        .bind(&values)
+        .bind(&hashes)
+        .execute(pool)
+        .await?;
+    }
+    // The guessing bound's rows named accounts by their clear e-mail key: they are hashed too
+    // (hashes are 64 hex digits; second-factor keys name the account id).
+    let accounts: Vec<String> = sqlx::query_scalar(
+        "select distinct account from login_guard
+          where account !~ '^[0-9a-f]{64}$' and account not like 'second-factor:%'
+         union
+         select distinct account from login_familiar_source
+          where account !~ '^[0-9a-f]{64}$' and account not like 'second-factor:%'",
+    )
+    .fetch_all(pool)
+    .await?;
+    if !accounts.is_empty() {
+        let hashes: Vec<String> = accounts
+            .iter()
+            .map(|a| vault.identity_hash("email", a))
+            .collect();
+        for table in ["login_guard", "login_familiar_source"] {
+            sqlx::query(&format!(
+                "update {table} t set account = h.hash
+                   from unnest($1::text[], $2::text[]) as h(account, hash)
+                  where t.account = h.account
+                    and not exists (select 1 from {table} o
+                                     where o.account = h.hash and o.source = t.source)"
+            ))
+            .bind(&accounts)
+            .bind(&hashes)
+            .execute(pool)
+            .await?;
+            sqlx::query(&format!("delete from {table} where account = any($1)"))
+                .bind(&accounts)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// What a login needs to know before it loads the account: the owner of an e-mail address,
@@ -87,7 +164,10 @@ pub async fn rekey_identities(pool: &PgPool) -> anyhow::Result<()> {
     .fetch_all(pool)
     .await?;
     for (user_id, kind, old, original) in rows {
-        let original = original.unwrap_or_else(|| old.clone());
+        // Sealed by `accounts erasure migrate` since: the row keeps the key it has.
+        let original = original
+            .filter(|o| !projections::pii::is_sealed(o))
+            .unwrap_or_else(|| old.clone());
         let key = if kind == "email" {
             email_key(&original)
         } else {

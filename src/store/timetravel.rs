@@ -1,4 +1,5 @@
-//! Time travel: an account as it stood at a past moment, folded from its events up to then.
+//! Time travel: an account as it stood at a past moment, folded from its events up to then
+//! (opened with the person's data key: after a deletion, nothing personal).
 
 use aggregates::{User, UserEvent};
 use chrono::{DateTime, Utc};
@@ -10,12 +11,15 @@ use uuid::Uuid;
 /// The `User` state from the events recorded at or before `at`; `None` if it had not registered.
 pub async fn user_as_of(
     pool: &PgPool,
+    vault: &projections::pii::Vault,
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> anyhow::Result<Option<User>> {
-    let events: Vec<StoredEvent> = sqlx::query_as(
+    let mut events: Vec<StoredEvent> = sqlx::query_as(
         "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
+                (select k.wrapped from user_data_key k
+                  where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
            from events
           where aggregate_type = 'User' and aggregate_id = $1 and recorded_at <= $2
           order by sequence",
@@ -25,7 +29,9 @@ pub async fn user_as_of(
     .fetch_all(pool)
     .await?;
     let mut user = User::default();
-    for event in &events {
+    for event in &mut events {
+        // A deleted person's events open with nothing personal in them.
+        event.open(vault);
         user.apply(event.decode::<UserEvent>()?);
     }
     Ok(user.is_registered().then_some(user))

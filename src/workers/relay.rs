@@ -44,7 +44,10 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
     )
 }
 
-/// The public message: the event's facts (no secret is ever in an event) and where it came from.
+/// The public message: the event's facts (no secret is ever in an event) and where it came from,
+/// as stored: personal values sealed under their person's data key (`pii:v1:...`), `subject`
+/// naming that person in the metadata. Workers open them through the service while the person
+/// exists (`POST /accounts/internal/events/open/`; the mailer reads the keys directly).
 pub fn integration_event(event: &StoredEvent) -> Value {
     let (version, data) = event.current();
     json!({
@@ -69,6 +72,9 @@ fn metadata(event: &StoredEvent) -> Value {
         "user_agent": event.meta("user_agent"),
         "request_id": event.meta("request_id"),
     });
+    if let Some(subject) = event.meta(projections::pii::SUBJECT) {
+        metadata[projections::pii::SUBJECT] = Value::String(subject.to_owned());
+    }
     if event.meta("synthetic") == Some("true") {
         metadata["synthetic"] = Value::Bool(true);
     }

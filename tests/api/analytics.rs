@@ -174,7 +174,7 @@ async fn a_rebuilt_read_model_equals_the_live_one() {
             .await
             .unwrap();
     assert_eq!(agents, [odd_agent]);
-    for projector in projections::all() {
+    for projector in projections::all(&app.vault()) {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
             .await
             .unwrap();
@@ -225,7 +225,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
         (smallest, smallest_history)
     };
     let rebuild = async {
-        for projector in projections::all() {
+        for projector in projections::all(&app.vault()) {
             projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
                 .await
                 .unwrap();
@@ -248,7 +248,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
         seeded + 30,
         "every account is in the rebuilt model"
     );
-    for projector in projections::all() {
+    for projector in projections::all(&app.vault()) {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
             .await
             .unwrap();
@@ -259,6 +259,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
 async fn seed(app: &TestApp, users: usize) -> usize {
     let events = accounts::ops::seed::seed(
         &app.pool,
+        Some(&app.vault()),
         "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNhbHQ$aGFzaA",
         users,
         30,
@@ -291,11 +292,15 @@ async fn the_generator_fills_the_store_through_which_read_models_and_stream_foll
     .await
     .unwrap();
     for row in &rows {
-        let user =
-            accounts::store::timetravel::user_as_of(&app.pool, row.user_id, chrono::Utc::now())
-                .await
-                .unwrap()
-                .unwrap();
+        let user = accounts::store::timetravel::user_as_of(
+            &app.pool,
+            &app.vault(),
+            row.user_id,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (
                 user.username.as_str(),
@@ -328,7 +333,7 @@ async fn the_generator_fills_the_store_through_which_read_models_and_stream_foll
         );
     }
     let live = read_models(&app.pool).await;
-    for projector in projections::all() {
+    for projector in projections::all(&app.vault()) {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
             .await
             .unwrap();
@@ -400,11 +405,11 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
     )
     .await;
 
-    let user_id = accounts::store::user_by_email(&app.pool, "tim@example.com")
+    let user_id = accounts::store::user_by_email(&app.pool, &app.vault(), "tim@example.com")
         .await
         .unwrap()
         .unwrap();
-    let then = accounts::store::timetravel::user_as_of(&app.pool, user_id, between)
+    let then = accounts::store::timetravel::user_as_of(&app.pool, &app.vault(), user_id, between)
         .await
         .unwrap()
         .unwrap();
@@ -412,13 +417,19 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
         (then.profile.country.as_str(), then.profile.bio.as_str()),
         ("Peru", "first")
     );
-    let now = accounts::store::timetravel::user_as_of(&app.pool, user_id, chrono::Utc::now())
-        .await
-        .unwrap()
-        .unwrap();
+    let now = accounts::store::timetravel::user_as_of(
+        &app.pool,
+        &app.vault(),
+        user_id,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(now.profile.bio, "second");
     let before = accounts::store::timetravel::user_as_of(
         &app.pool,
+        &app.vault(),
         user_id,
         between - chrono::Duration::days(1),
     )
@@ -433,8 +444,10 @@ async fn time_travel_shows_a_profile_as_it_stood_then() {
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(row.get::<String, _>("country"), "Peru");
-    assert_eq!(row.get::<String, _>("bio"), "first");
+    // Personal fields are sealed in the events and SQL cannot open them: the analysts' time
+    // travel shows them as null (operators use `accounts user-at`, above).
+    assert_eq!(row.get::<Option<String>, _>("country"), None);
+    assert_eq!(row.get::<Option<String>, _>("bio"), None);
     assert!(row.get::<bool, _>("is_active"));
 }
 
@@ -744,7 +757,7 @@ async fn a_generated_account_logs_in_with_the_generators_password() {
         ))
         .await
         .unwrap_or_else(|_| panic!("hashing failed"));
-    accounts::ops::seed::seed(&app.pool, &hash, 50, 30, 3, |_| {})
+    accounts::ops::seed::seed(&app.pool, Some(&app.vault()), &hash, 50, 30, 3, |_| {})
         .await
         .unwrap();
     caught_up(&app).await;

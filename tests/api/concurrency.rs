@@ -57,8 +57,18 @@ fn session_buses(
     capacity: usize,
 ) -> [accounts::store::commands::CommandBus<aggregates::Session>; 2] {
     [
-        accounts::store::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
-        accounts::store::commands::CommandBus::with_cache_capacity(app.pool.clone(), (), capacity),
+        accounts::store::commands::CommandBus::with_cache_capacity(
+            app.pool.clone(),
+            app.vault(),
+            (),
+            capacity,
+        ),
+        accounts::store::commands::CommandBus::with_cache_capacity(
+            app.pool.clone(),
+            app.vault(),
+            (),
+            capacity,
+        ),
     ]
 }
 

@@ -167,7 +167,7 @@ async fn no_password_hash_or_token_reaches_the_stream_or_the_event_store() {
 async fn a_login_stored_in_the_old_1_0_shape_still_loads_projects_and_publishes_as_2_0() {
     let app = TestApp::spawn().await;
     app.active_user("olden", "olden@example.com").await;
-    let user_id = accounts::store::user_by_email(&app.pool, "olden@example.com")
+    let user_id = accounts::store::user_by_email(&app.pool, &app.vault(), "olden@example.com")
         .await
         .unwrap()
         .unwrap();

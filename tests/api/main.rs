@@ -9,6 +9,7 @@ mod attacks;
 mod bad_input;
 mod concurrency;
 mod contract;
+mod erasure;
 mod events;
 mod export;
 mod flow;

@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The tests here start several processes each: one at a time is all a small machine takes.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A child process of the binary, killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -23,13 +23,13 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
+pub(crate) fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
     vec![
         ("DATABASE_URL", settings.database_url.clone()),
         ("DATABASE_MAX_CONNECTIONS", "10".into()),
@@ -99,6 +99,7 @@ async fn shared_settings(smtp: &SmtpSink) -> Settings {
         .await
         .unwrap();
     accounts::auth::LinkSigner::load_or_generate(&settings.link_key_file()).unwrap();
+    settings.vault().unwrap();
     accounts::auth::Keys::load(None, &settings.keyring_file(), "accounts", "accounts-api").unwrap();
     settings
 }
@@ -553,7 +554,7 @@ async fn with_postgres_restarted_the_api_answers_503_then_recovers_and_loses_no_
     }
     for email in &acknowledged {
         assert!(
-            accounts::store::user_by_email(&app.pool, email)
+            accounts::store::user_by_email(&app.pool, &app.vault(), email)
                 .await
                 .unwrap()
                 .is_some(),

@@ -155,6 +155,15 @@ async fn forgot_from(app: &TestApp, forwarded_for: &str) -> StatusCode {
 }
 
 async fn started_ips(app: &TestApp) -> Vec<String> {
+    app.opened_events("event_type = 'Started'")
+        .await
+        .iter()
+        .filter_map(|e| e.meta("ip").map(str::to_owned))
+        .collect()
+}
+
+/// The addresses as stored: sealed under the person's data key.
+async fn stored_ips(app: &TestApp) -> Vec<String> {
     sqlx::query_scalar(
         "select metadata ->> 'ip' from events where event_type = 'Started' order by global_position",
     )
@@ -203,6 +212,10 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_quota_and_address() {
         .unwrap();
     assert_eq!(login.status(), 200);
     assert_eq!(started_ips(&app).await, ["203.0.113.77"]);
+    assert!(stored_ips(&app)
+        .await
+        .iter()
+        .all(|ip| ip.starts_with("pii:v1:")));
 }
 
 #[tokio::test]

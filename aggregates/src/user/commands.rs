@@ -99,6 +99,12 @@ pub enum UserCommand {
         passkey_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// The caller checked the owner's password (or an operator asked).
+    DeleteAccount {
+        by: super::DeletionRequester,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    },
 }
 
 /// The profile fields a request sets; `None` leaves a field as it is.

@@ -21,4 +21,6 @@ pub enum UserError {
     StaleRecoveryCodes,
     #[error("no such passkey")]
     UnknownPasskey,
+    #[error("this account was deleted")]
+    Deleted,
 }

@@ -34,6 +34,16 @@ pub enum SecondFactorRemoval {
     Owner,
 }
 
+/// Who deleted an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletionRequester {
+    /// The owner, with their password (`POST /accounts/api/delete/account/`).
+    Owner,
+    /// An operator (`accounts user delete`), e.g. for a support request.
+    Operator,
+}
+
 /// Facts about one account. No event ever holds a password, a hash or a usable token: links are
 /// identified by `request_id` and their tokens are an HMAC of it with a server key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +152,16 @@ pub enum UserEvent {
         passkey_id: Uuid,
         removed_at: DateTime<Utc>,
     },
+    /// The account was deleted: its data key was destroyed with this event (so every sealed
+    /// value of the person's events, everywhere, is unreadable), its address and username are
+    /// free, its sessions are over. Workers delete what they copied of the person.
+    AccountDeleted {
+        by: DeletionRequester,
+        /// Why, as an operator recorded it (never personal data: it stays readable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        deleted_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -163,6 +183,7 @@ impl DomainEvent for UserEvent {
             UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             UserEvent::PasskeyRegistered { .. } => "PasskeyRegistered",
             UserEvent::PasskeyRemoved { .. } => "PasskeyRemoved",
+            UserEvent::AccountDeleted { .. } => "AccountDeleted",
         }
         .to_owned()
     }

@@ -8,7 +8,9 @@ mod tests;
 
 pub use commands::{LinkIssue, ProfileChanges, UserCommand};
 pub use error::UserError;
-pub use events::{ActivationMethod, ActivationRefusal, SecondFactorRemoval, UserEvent};
+pub use events::{
+    ActivationMethod, ActivationRefusal, DeletionRequester, SecondFactorRemoval, UserEvent,
+};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -75,6 +77,9 @@ pub struct User {
     /// The second factors guarding logins.
     #[serde(default)]
     pub mfa: SecondFactors,
+    /// When the account was deleted: it then holds nothing personal and takes no command.
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// An account's second factors. The secrets are not here: the ids name them in the tables
@@ -115,8 +120,16 @@ impl User {
         self.id.is_some()
     }
 
+    /// An account that exists and was not deleted.
     fn registered(&self) -> Result<Uuid, UserError> {
+        if self.deleted_at.is_some() {
+            return Err(UserError::Deleted);
+        }
         self.id.ok_or(UserError::NotFound)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
     }
 
     /// Whether one more mail may be sent at `now` under [`MAILS_PER_HOUR`].
@@ -242,6 +255,15 @@ impl Aggregate for User {
                 remaining,
                 ..
             } => self.mfa.recovery_codes = Some((batch_id, remaining)),
+            UserEvent::AccountDeleted { deleted_at, .. } => {
+                // Nothing personal stays in memory: the state is the anonymous rest.
+                *self = User {
+                    id: self.id,
+                    token_epoch: self.token_epoch + 1,
+                    deleted_at: Some(deleted_at),
+                    ..User::default()
+                };
+            }
         }
     }
 }
@@ -508,6 +530,14 @@ impl User {
                 Ok(vec![UserEvent::PasskeyRemoved {
                     passkey_id,
                     removed_at: now,
+                }])
+            }
+            UserCommand::DeleteAccount { by, reason, now } => {
+                self.registered()?;
+                Ok(vec![UserEvent::AccountDeleted {
+                    by,
+                    reason,
+                    deleted_at: now,
                 }])
             }
         }

@@ -52,10 +52,16 @@ pub const NOTICES_WITHOUT_ADDRESS: [&str; 6] = [
     "PasskeyRemoved",
 ];
 
+/// The kind of the mail confirming an account's deletion (its address is kept apart until it is
+/// sent, and recorded nowhere after).
+pub const FAREWELL: &str = "account_deleted";
+
 /// The mail an event calls for, or `None`.
 pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<Option<Mail>> {
     let data = &event.data;
-    if NOTICES_WITHOUT_ADDRESS.contains(&event.event_type.as_str()) && data.get("email").is_none() {
+    let addressless = NOTICES_WITHOUT_ADDRESS.contains(&event.event_type.as_str())
+        || event.event_type == "AccountDeleted";
+    if addressless && data.get("email").is_none() {
         return Ok(None);
     }
     let link = |purpose: Purpose| -> anyhow::Result<String> {
@@ -173,6 +179,17 @@ pub fn compose(event: &IntegrationEvent, links: &LinkSigner) -> anyhow::Result<O
             format!(
                 "Hello {name},\n\nA passkey was removed from your account.\n\nIf this was \
                  not you, reset your password now.\n",
+                name = text(data, "username")?
+            ),
+        ),
+        "AccountDeleted" => (
+            FAREWELL,
+            "Your account was deleted",
+            format!(
+                "Hello {name},\n\nYour account was deleted, as asked. Your personal data can no \
+                 longer be read anywhere in our systems, and this address is free to register \
+                 again.\n\nIf you did not ask for this, contact support: the account cannot be \
+                 restored, but we can look into how it happened.\n",
                 name = text(data, "username")?
             ),
         ),

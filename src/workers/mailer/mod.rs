@@ -47,6 +47,10 @@ fn skip_reason(event: &IntegrationEvent) -> Option<&'static str> {
     if event.metadata.get("synthetic").and_then(Value::as_bool) == Some(true) {
         return Some("synthetic");
     }
+    if event.data.get("email").and_then(Value::as_str) == Some("") {
+        // The person was deleted since: there is nobody to write to.
+        return Some("erased");
+    }
     let expires_at = event
         .data
         .get("expires_at")
@@ -70,6 +74,15 @@ fn superseded_by(event_type: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// The recipient a mail is recorded under: none for the farewell of a deleted account.
+fn recorded_recipient(mail: &Mail) -> &str {
+    if mail.kind == compose::FAREWELL {
+        ""
+    } else {
+        &mail.to
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
@@ -84,6 +97,8 @@ pub struct Mailer {
     pub transport: Transport,
     pub links: LinkSigner,
     pub from: lettre::message::Mailbox,
+    /// Opens the sealed addresses and names of the events.
+    pub vault: projections::pii::Vault,
 }
 
 impl Mailer {
@@ -96,6 +111,7 @@ impl Mailer {
                 .mail_from
                 .parse()
                 .context("MAIL_FROM is not a mailbox")?,
+            vault: settings.vault()?,
         })
     }
 
@@ -105,6 +121,16 @@ impl Mailer {
     async fn read_event(&self, payload: &[u8]) -> anyhow::Result<IntegrationEvent> {
         let mut event: IntegrationEvent =
             serde_json::from_slice(payload).context("not an integration event")?;
+        self.open(&mut event).await?;
+        if event.event_type == "AccountDeleted" {
+            // The data key went with the event: the farewell's address was kept apart for it.
+            let user_id: uuid::Uuid = event.aggregate_id.parse().context("aggregate id")?;
+            let kept =
+                crate::store::erasure::farewell_address(&self.pool, &self.vault, user_id).await?;
+            if let (Some(Value::Object(kept)), Some(data)) = (kept, event.data.as_object_mut()) {
+                data.extend(kept);
+            }
+        }
         if compose::NOTICES_WITHOUT_ADDRESS.contains(&event.event_type.as_str()) {
             let owner: Option<(String, String)> =
                 sqlx::query_as("select email, username from profile where user_id::text = $1")
@@ -117,6 +143,27 @@ impl Mailer {
             }
         }
         Ok(event)
+    }
+
+    /// Opens the event's sealed values with its person's data key (read now: a deleted person's
+    /// values open as empty, and their mail is not sent).
+    async fn open(&self, event: &mut IntegrationEvent) -> anyhow::Result<()> {
+        let Some(subject) = projections::pii::subject_in(&event.metadata) else {
+            return Ok(());
+        };
+        let wrapped: Option<Vec<u8>> =
+            sqlx::query_scalar("select wrapped from user_data_key where user_id = $1")
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await?;
+        let mut payload = serde_json::json!({ event.event_type.clone(): event.data.take() });
+        self.vault
+            .open_event(wrapped.as_deref(), &mut payload, &mut event.metadata);
+        event.data = payload
+            .get_mut(&event.event_type)
+            .map(Value::take)
+            .unwrap_or_default();
+        Ok(())
     }
 
     /// Mails what one event calls for, once.
@@ -160,7 +207,7 @@ impl Mailer {
         )
         .bind(&event.id)
         .bind(mail.kind)
-        .bind(&mail.to)
+        .bind(recorded_recipient(&mail))
         .bind(CLAIM_TIMEOUT_SECS as f64)
         .fetch_optional(&self.pool)
         .await?;
@@ -188,6 +235,11 @@ impl Mailer {
             .bind(&event.id)
             .execute(&self.pool)
             .await?;
+        if event.event_type == "AccountDeleted" {
+            if let Ok(user_id) = event.aggregate_id.parse() {
+                crate::store::erasure::forget_farewell_address(&self.pool, user_id).await?;
+            }
+        }
         metrics::counter!("mails_sent_total", "kind" => mail.kind).increment(1);
         tracing::info!(kind = mail.kind, "mail sent");
         Ok(Outcome::Sent)
@@ -214,7 +266,7 @@ impl Mailer {
         )
         .bind(&event.id)
         .bind(mail.kind)
-        .bind(&mail.to)
+        .bind(recorded_recipient(&mail))
         .bind(attempts as i32)
         .bind(format!("{error:#}"))
         .bind(body)

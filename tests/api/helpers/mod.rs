@@ -36,6 +36,34 @@ pub struct TestApp {
     owns_resources: bool,
 }
 
+impl TestApp {
+    /// The vault of this app's personal data (its DATA_KEY_FILE).
+    pub fn vault(&self) -> projections::pii::Vault {
+        self.settings.vault().unwrap()
+    }
+
+    /// The stored events that match `condition` (SQL on `events`), in commit order, opened
+    /// with the keys the database holds now (as the service reads them).
+    pub async fn opened_events(&self, condition: &str) -> Vec<projections::StoredEvent> {
+        let mut events: Vec<projections::StoredEvent> = sqlx::query_as(&format!(
+            "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                    metadata, global_position, transaction_id::text as transaction_id,
+                    recorded_at,
+                    (select k.wrapped from user_data_key k
+                      where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
+               from events where {condition} order by global_position"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let vault = self.vault();
+        for event in &mut events {
+            event.open(&vault);
+        }
+        events
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
