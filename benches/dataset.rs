@@ -88,6 +88,35 @@ async fn main() -> anyhow::Result<()> {
     }
     sqlx::query("analyze").execute(&pool).await?;
 
+    // What sealing costs a rebuild (issue #14): the generator's same events in clear, as a
+    // deployment held them before crypto-shredding, in a database of their own; the profile
+    // rebuilt from each twice, alternately, the better of each taken.
+    let clear_settings = bench_settings("clear")?;
+    let clear_pool = accounts::startup::prepare_database(&clear_settings).await?;
+    accounts::ops::seed::seed(&clear_pool, None, &hash, users, 365, 1, |_| {}).await?;
+    sqlx::query("analyze").execute(&clear_pool).await?;
+    let (mut sealed_best, mut clear_best) = (0f64, 0f64);
+    for _ in 0..2 {
+        for (which, db) in [("clear", &clear_pool), ("sealed", &pool)] {
+            let projector = projections::by_name("profile", &vault)
+                .ok_or_else(|| anyhow::anyhow!("no profile projector"))?;
+            let report = projections::rebuild::rebuild(db, projector.as_ref(), |_| {}).await?;
+            let rate = report.events_per_second();
+            eprintln!("rebuilt profile from {which} events at {rate:.0} events/s");
+            if which == "clear" {
+                clear_best = clear_best.max(rate);
+            } else {
+                sealed_best = sealed_best.max(rate);
+            }
+        }
+    }
+    clear_pool.close().await;
+    support::remove(&clear_settings).await;
+    rebuild_rows.push(format!(
+        "| rebuild `profile` from sealed events (crypto-shredding: each event's personal values opened with the person's key, fetched with it) | {sealed_best:.0} events/s | the same events in clear, as before crypto-shredding: {clear_best:.0} events/s | {:.2} |",
+        sealed_best / clear_best
+    ));
+
     // History latency through the API, for a sample of users with tokens.
     let app = BenchApp::start(settings.clone(), Roles::API).await?;
     let client = reqwest::Client::new();

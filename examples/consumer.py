@@ -11,9 +11,19 @@ the Rust example (examples/consumer.rs) does. Copy it to start a worker of your 
   its own store, in the same transaction as its effects.
 - With --schemas DIR, each event's `data` is checked against DIR/<aggregate_type>/<type>.json
   (docs/schemas; needs the `jsonschema` package), and the worker stops at the first mismatch.
+  The data is checked as published (personal values sealed).
+- Personal values arrive sealed (`pii:v1:...`, docs/EVENTS.md). With --open-url and a worker
+  token (--worker-token or WORKER_TOKEN), each event holding any is opened through the service
+  before it is handled. A 410 answer means the person was deleted: the event is handled as
+  `erased` (its line ends in `erased` instead of the data) and the worker forgets the person, as
+  for AccountDeleted. Without --open-url the values stay sealed.
+- AccountDeleted: the worker deletes what it copied of the person (see forget_person). The
+  ordering state stays: it holds nothing personal, and it keeps late duplicates out.
 
     pip install nats-py==2.16.0 jsonschema==4.26.0
     python examples/consumer.py --durable my-worker --subject 'accounts.>'
+    WORKER_TOKEN=... python examples/consumer.py --durable mail-copy \\
+        --open-url http://accounts.internal:8000
 """
 
 import argparse
@@ -21,10 +31,14 @@ import asyncio
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+SEALED = "pii:v1:"
 
 
 def parse_args():
@@ -36,7 +50,19 @@ def parse_args():
     parser.add_argument("--idle-exit-secs", type=float, default=0, help="stop when idle this long")
     parser.add_argument("--ack-wait-secs", type=float, default=30)
     parser.add_argument("--schemas", help="check each event's data against these JSON Schemas")
-    return parser.parse_args()
+    parser.add_argument(
+        "--open-url",
+        help="the service's base URL: open sealed values through it before handling an event",
+    )
+    parser.add_argument(
+        "--worker-token",
+        default=os.environ.get("WORKER_TOKEN"),
+        help="one of the service's WORKER_TOKENS, for --open-url (default: $WORKER_TOKEN)",
+    )
+    args = parser.parse_args()
+    if args.open_url and not args.worker_token:
+        parser.error("--open-url needs --worker-token or WORKER_TOKEN")
+    return args
 
 
 def schema_checker(directory):
@@ -61,9 +87,75 @@ def schema_checker(directory):
     return check
 
 
+def holds_sealed(value):
+    """Whether a sealed value (`pii:v1:...`) is anywhere in value."""
+    if isinstance(value, str):
+        return value.startswith(SEALED)
+    if isinstance(value, list):
+        return any(holds_sealed(v) for v in value)
+    if isinstance(value, dict):
+        return any(holds_sealed(v) for v in value.values())
+    return False
+
+
+def person_of(event):
+    """Whose data key sealed the event: metadata.subject; in messages published before sealing,
+    the user id (the aggregate of a User event, data.user_id of others)."""
+    subject = (event.get("metadata") or {}).get("subject")
+    if subject:
+        return subject
+    if event["aggregate_type"] == "User":
+        return event["aggregate_id"]
+    return (event.get("data") or {}).get("user_id")
+
+
+class Refused(Exception):
+    """401: the worker token is wrong or missing. That does not mend itself."""
+
+
+class Erased(Exception):
+    """410: the person was deleted; nothing of theirs opens any more."""
+
+
+def opener(base_url, token):
+    """A function that opens a message's sealed values through the service
+    (POST /accounts/internal/events/open/) and returns its data in clear."""
+    url = base_url.rstrip("/") + "/accounts/internal/events/open/"
+
+    def open_event(payload):
+        # The message as it came: the service reads `type`, `data` and `metadata`.
+        request = urllib.request.Request(
+            url,
+            data=payload,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)["data"]
+        except urllib.error.HTTPError as error:
+            if error.code == 410:
+                raise Erased() from None
+            if error.code == 401:
+                raise Refused() from None
+            raise
+
+    return open_event
+
+
+def forget_person(person, why):
+    """The person was deleted (AccountDeleted, or a 410 from the service): delete here what this
+    worker copied of them, keyed by their user id (e.g. `delete from my_copy where user_id = %s`,
+    in the transaction that records the event as handled). This example keeps no personal copy,
+    so it only says so. Ids are not personal data on their own: keeping the ordering state and
+    the ids of handled events is fine."""
+    print(f"{person}: {why}; a real worker deletes what it holds of them here", file=sys.stderr)
+
+
 async def main():
     args = parse_args()
     check = schema_checker(args.schemas)
+    open_event = opener(args.open_url, args.worker_token) if args.open_url else None
     nc = await nats.connect(args.nats_url)
     js = nc.jetstream()
     config = ConsumerConfig(
@@ -105,12 +197,35 @@ async def main():
                 print(f"{event['id']} again (redelivery), skipped")
             else:
                 check(event)
-                # The worker's own effect goes here, then the state, in one transaction.
-                data = json.dumps(event["data"], separators=(",", ":"))
+                deleted = event["aggregate_type"] == "User" and event["type"] == "AccountDeleted"
+                data = event["data"]
+                erased = False
+                # AccountDeleted seals nothing anyone can open (its key went with it): not opened.
+                if open_event and not deleted and holds_sealed([data, event.get("metadata")]):
+                    try:
+                        data = await asyncio.to_thread(open_event, message.data)
+                    except Erased:
+                        erased = True
+                    except Refused:
+                        # Unacknowledged, the message comes again to a worker with a token.
+                        await nc.close()
+                        sys.exit("the service refused the worker token (401)")
+                    except (OSError, ValueError, KeyError) as error:  # away, 5xx, a bad answer
+                        print(f"cannot open {event['id']}: {error}; trying again later", file=sys.stderr)
+                        await message.nak(delay=1)
+                        continue
+                # The worker's own effect goes here, then the state, in one transaction. (A real
+                # worker does not log personal values; the example prints what it received.)
+                shown = "erased" if erased else json.dumps(data, separators=(",", ":"))
                 print(
                     f"{event['id']} {event['type']} v{event['version']} {event['aggregate_id']} "
-                    f"at {event['recorded_at']} {data}"
+                    f"at {event['recorded_at']} {shown}"
                 )
+                person = person_of(event)
+                if person and deleted:
+                    forget_person(person, "account deleted")
+                elif person and erased:
+                    forget_person(person, "erased (410): the account was deleted")
                 last[key] = sequence
             await message.ack_sync()
             handled += 1

@@ -64,30 +64,35 @@ impl BenchApp {
         self.shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.pool.close().await;
-        if let Ok(nats) = async_nats::connect(self.settings.nats_url.as_str()).await {
-            let _ = async_nats::jetstream::new(nats)
-                .delete_stream(&self.settings.nats_stream)
+        remove(&self.settings).await;
+    }
+}
+
+/// Removes the database, stream and data directory of `settings`.
+pub async fn remove(settings: &Settings) {
+    if let Ok(nats) = async_nats::connect(settings.nats_url.as_str()).await {
+        let _ = async_nats::jetstream::new(nats)
+            .delete_stream(&settings.nats_stream)
+            .await;
+    }
+    if let Ok(mut url) = url::Url::parse(&settings.database_url) {
+        let name = url.path().trim_start_matches('/').to_owned();
+        url.set_path("postgres");
+        if let Ok(pool) = sqlx::PgPool::connect(url.as_str()).await {
+            let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                .execute(&pool)
                 .await;
-        }
-        if let Ok(mut url) = url::Url::parse(&self.settings.database_url) {
-            let name = url.path().trim_start_matches('/').to_owned();
-            url.set_path("postgres");
-            if let Ok(pool) = sqlx::PgPool::connect(url.as_str()).await {
-                let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+            for role in [
+                format!("{name}_analyst"),
+                format!("{name}_analyst_pseudonymous"),
+            ] {
+                let _ = sqlx::query(&format!("drop role if exists \"{role}\""))
                     .execute(&pool)
                     .await;
-                for role in [
-                    format!("{name}_analyst"),
-                    format!("{name}_analyst_pseudonymous"),
-                ] {
-                    let _ = sqlx::query(&format!("drop role if exists \"{role}\""))
-                        .execute(&pool)
-                        .await;
-                }
             }
         }
-        let _ = std::fs::remove_dir_all(&self.settings.data_dir);
     }
+    let _ = std::fs::remove_dir_all(&settings.data_dir);
 }
 
 /// Percentile (0–100) of sorted samples.

@@ -212,9 +212,7 @@ impl Vault {
         let key = self
             .unwrap_key(subject, &stored)
             .ok_or_else(|| anyhow::anyhow!("a stored data key does not open with DATA_KEY_FILE"))?;
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(subject, key.clone());
-        }
+        self.remember_key(subject, &key);
         Ok(key)
     }
 
@@ -255,6 +253,18 @@ impl Vault {
             )
             .ok()?;
         String::from_utf8(plain).ok()
+    }
+
+    /// The data key of `subject` if this process holds it.
+    pub fn cached_key(&self, subject: Uuid) -> Option<DataKey> {
+        self.cache.lock().ok()?.get(&subject).cloned()
+    }
+
+    /// Holds `subject`'s stored data key for the next writes.
+    pub fn remember_key(&self, subject: Uuid, key: &DataKey) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(subject, key.clone());
+        }
     }
 
     /// Forgets a subject's key in this process (its account was deleted).

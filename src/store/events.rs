@@ -15,7 +15,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
-use projections::pii::{self, Vault};
+use projections::pii::{self, DataKey, Vault};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use std::sync::Arc;
@@ -88,12 +88,16 @@ impl EventRepository {
             .collect())
     }
 
-    /// The events as they are stored: personal values sealed, a registration's claims hashed.
+    /// The events as they are stored (personal values sealed, a registration's claims hashed),
+    /// and the data keys to store with them: a subject's first key is inserted by the statement
+    /// that appends its first sealed event, so a refused append leaves no key behind, and two
+    /// writers creating one subject's key at once conflict (the loser retries and reads it).
     async fn sealed<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
-    ) -> Result<Vec<(Value, Value)>, PersistenceError> {
+    ) -> Result<(Vec<(Value, Value)>, Vec<(Uuid, DataKey, Vec<u8>)>), PersistenceError> {
         let mut sealed = Vec::with_capacity(events.len());
+        let mut new_keys: Vec<(Uuid, DataKey, Vec<u8>)> = Vec::new();
         for event in events {
             let (mut payload, mut metadata) = (event.payload.clone(), event.metadata.clone());
             let subject = pii::subject_in(&metadata)
@@ -102,17 +106,47 @@ impl EventRepository {
                 if A::TYPE == "User" && event.event_type == "Registered" {
                     self.claim_identities(&mut payload);
                 }
-                let key = self
-                    .vault
-                    .key_for_writing(&self.pool, subject)
-                    .await
-                    .map_err(|e| PersistenceError::UnknownError(e.into()))?;
+                let known = match new_keys.iter().find(|(s, _, _)| *s == subject) {
+                    Some((_, key, _)) => Some(key.clone()),
+                    None => self.vault.cached_key(subject),
+                };
+                // A new account's stream has no key yet: no need to look.
+                let first = A::TYPE == "User" && event.sequence == 1;
+                let key = match known {
+                    Some(key) => key,
+                    None => match (first, self.stored_key(subject).await?) {
+                        (false, Some(key)) => key,
+                        _ => {
+                            let (key, wrapped) = self.vault.new_data_key(subject);
+                            new_keys.push((subject, key.clone(), wrapped));
+                            key
+                        }
+                    },
+                };
                 self.vault
                     .seal_event(&key, subject, &mut payload, &mut metadata);
             }
             sealed.push((payload, metadata));
         }
-        Ok(sealed)
+        Ok((sealed, new_keys))
+    }
+
+    /// The stored data key of `subject`, remembered for the next writes.
+    async fn stored_key(&self, subject: Uuid) -> Result<Option<DataKey>, PersistenceError> {
+        let wrapped: Option<Vec<u8>> =
+            sqlx::query_scalar("select wrapped from user_data_key where user_id = $1")
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(persistence_error)?;
+        let Some(wrapped) = wrapped else {
+            return Ok(None);
+        };
+        let key = self.vault.unwrap_key(subject, &wrapped).ok_or_else(|| {
+            PersistenceError::UnknownError("a data key does not open with DATA_KEY_FILE".into())
+        })?;
+        self.vault.remember_key(subject, &key);
+        Ok(Some(key))
     }
 
     /// Adds the keyed hashes a registration claims (`email_claim`, `username_claim`), which the
@@ -192,8 +226,29 @@ impl PersistedEventRepository for EventRepository {
         if events.is_empty() {
             return Ok(());
         }
-        let sealed = self.sealed::<A>(events).await?;
-        let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
+        let (sealed, new_keys) = self.sealed::<A>(events).await?;
+        let mut insert: QueryBuilder<Postgres> = QueryBuilder::new("");
+        if !new_keys.is_empty() {
+            // No key is made for a person who was deleted: their event stays sealed under a key
+            // that is stored nowhere (what reaches here for them is a late write of a stale
+            // process). No `on conflict`: a concurrent first key is a conflict, and the retry
+            // reads the stored one.
+            let users: Vec<Uuid> = new_keys.iter().map(|(s, _, _)| *s).collect();
+            let wrapped: Vec<&[u8]> = new_keys.iter().map(|(_, _, w)| w.as_slice()).collect();
+            insert.push(
+                "with new_key as (insert into user_data_key (user_id, wrapped) \
+                 select n.user_id, n.wrapped from unnest(",
+            );
+            insert.push_bind(users);
+            insert.push("::uuid[], ");
+            insert.push_bind(wrapped);
+            insert.push(
+                "::bytea[]) as n(user_id, wrapped) where not exists (select 1 from events d \
+                 where d.aggregate_type = 'User' and d.aggregate_id = n.user_id::text \
+                 and d.event_type = 'AccountDeleted')) ",
+            );
+        }
+        insert.push(
             "insert into events (aggregate_type, aggregate_id, sequence, event_type, \
              event_version, payload, metadata) ",
         );
@@ -211,6 +266,9 @@ impl PersistedEventRepository for EventRepository {
             .execute(&self.pool)
             .await
             .map_err(persistence_error)?;
+        for (subject, key, _) in &new_keys {
+            self.vault.remember_key(*subject, key);
+        }
         Ok(())
     }
 

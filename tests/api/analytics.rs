@@ -190,19 +190,26 @@ async fn a_rebuilt_read_model_equals_the_live_one() {
 
 #[tokio::test]
 async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty_table() {
-    let app = TestApp::spawn().await;
+    // Thirty registrations hash at once beside the rebuild on two cores: they queue for a
+    // hashing slot rather than being shed (shedding has tests of its own).
+    let app = TestApp::spawn_with(|s| s.password_hash_queue_timeout_ms = 60_000).await;
     let seeded = seed(&app, 300).await;
     caught_up(&app).await;
     let writers = join_all((0..30).map(|i| {
         let app = &app;
         async move {
-            app.register(
-                &format!("load{i}"),
-                &format!("load{i}@example.com"),
-                PASSWORD,
-            )
-            .await
-            .status()
+            let response = app
+                .register(
+                    &format!("load{i}"),
+                    &format!("load{i}@example.com"),
+                    PASSWORD,
+                )
+                .await;
+            let status = response.status();
+            if status != 201 {
+                eprintln!("{status}: {}", response.text().await.unwrap_or_default());
+            }
+            status
         }
     }));
     let history_before: i64 = sqlx::query_scalar("select count(*) from user_history")
@@ -232,7 +239,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
         }
     };
     let (statuses, (smallest, smallest_history), ()) = tokio::join!(writers, reader, rebuild);
-    assert!(statuses.iter().all(|s| *s == 201));
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     assert!(
         smallest >= seeded as i64,
         "a reader saw {smallest} profiles"

@@ -383,9 +383,15 @@ fn python_for_examples() -> std::path::PathBuf {
 /// each once, and each `data` valid against its published JSON Schema (docs/schemas).
 #[tokio::test]
 async fn the_python_example_replays_every_event_type_and_each_matches_its_schema() {
-    let app = TestApp::spawn_with(|s| s.refresh_reuse_grace = 0).await;
+    let app = TestApp::spawn_with(|s| {
+        s.refresh_reuse_grace = 0;
+        s.worker_tokens = WORKER_TOKEN.into();
+    })
+    .await;
     let email = "py@example.com";
     let (access, refresh) = app.active_user("py", email).await;
+    // Someone who stays: their data opens for a worker with a token.
+    app.active_user("keptalive", "kept.alive@example.com").await;
     let activation = app
         .smtp
         .wait_for(email, "Activate your account")
@@ -493,6 +499,15 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
         )
         .await;
     assert_eq!(removed.status(), StatusCode::OK);
+    // The account deleted (AccountDeleted): its data key is gone.
+    let deleted = app
+        .post_authed(
+            "/accounts/api/delete/account/",
+            &access,
+            &serde_json::json!({"password": third_password}),
+        )
+        .await;
+    assert_eq!(deleted.status(), StatusCode::OK);
     app.wait_for_relay().await;
     let total = app.event_count().await as usize;
     let python = tokio::task::spawn_blocking(python_for_examples)
@@ -536,8 +551,47 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
             published.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
     }
-    assert!(published.len() >= 24, "{published:?}");
+    assert!(published.len() >= 25, "{published:?}");
     for expected in &published {
         assert!(types.contains(expected.as_str()), "no {expected}: {stdout}");
     }
+    // Without a worker token the example sees personal data only sealed.
+    assert!(!stdout.contains("kept.alive@example.com"), "{stdout}");
+    assert!(stdout.contains("pii:v1:"), "{stdout}");
+
+    // With one, it opens what belongs to people who exist, and is told who was deleted.
+    let mut command = std::process::Command::new(python_for_examples());
+    command
+        .arg(root.join("examples/consumer.py"))
+        .args(example_args(
+            &app,
+            "python-example-opening",
+            &["--idle-exit-secs", "3", "--open-url", &app.address],
+        ))
+        .arg("--schemas")
+        .arg(root.join("docs/schemas"))
+        .env("WORKER_TOKEN", WORKER_TOKEN);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let opened = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{opened}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        opened.contains(&format!("handled {total} messages")),
+        "{opened}"
+    );
+    assert!(opened.contains("kept.alive@example.com"), "{opened}");
+    assert!(
+        !opened.contains(email),
+        "the deleted person's address: {opened}"
+    );
+    let erased = opened.lines().filter(|l| l.ends_with(" erased")).count();
+    assert!(erased >= 10, "{erased} erased lines: {opened}");
 }
+
+const WORKER_TOKEN: &str = "a-worker-token-for-the-example-consumers-test";
