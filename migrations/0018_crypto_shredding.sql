@@ -2,12 +2,29 @@
 -- deleting an account destroys the key, and with it every copy of that data.
 
 -- One data key per person, wrapped under the key-encryption key (DATA_KEY_FILE), so a copy of
--- the database alone opens nothing. A deleted account's row is gone.
+-- the database alone opens nothing. A deleted person's row is a tombstone: the key is gone
+-- (`wrapped` null) and the row stays, so no writer can ever store a new key for them.
 create table user_data_key (
     user_id    uuid        not null constraint user_data_key_pkey primary key,
-    wrapped    bytea       not null,
-    created_at timestamptz not null default now()
+    wrapped    bytea,
+    created_at timestamptz not null default now(),
+    deleted_at timestamptz,
+    constraint user_data_key_tombstone check ((wrapped is null) = (deleted_at is not null))
 );
+
+-- Which key-encryption key this database's data keys are wrapped under (a keyed check value):
+-- a process started with another DATA_KEY_FILE refuses to start instead of reading every
+-- personal value as erased.
+create table data_key_check (
+    id    boolean not null default true constraint data_key_check_pkey primary key
+                  constraint data_key_check_one_row check (id),
+    check_value bytea not null
+);
+
+-- Events written before crypto-shredding (no `subject` in their metadata): what
+-- `accounts erasure migrate` and a deletion look through. Empty once every such event with
+-- personal data is sealed; new events always name their subject.
+create index events_unsealed on events (global_position) where not (metadata ? 'subject');
 
 -- Identities are held as keyed hashes of their canonical form (see `pii::Vault::identity_hash`),
 -- not in clear. Rows claimed before hold the canonical form until the service re-keys them at
@@ -62,7 +79,8 @@ create table erasure_notice (
     created_at timestamptz not null default now()
 );
 
--- `AccountDeleted` erases, in the statement that appends it: the data key (and so every sealed
+-- `AccountDeleted` erases, in the statement that appends it: the data key (a tombstone stays;
+-- and so every sealed
 -- value of the person, everywhere), the identities (the address and username are free again),
 -- the credentials, second factors and passkeys, the guessing bound's rows for the account, and
 -- the recipients of the mails already sent.
@@ -74,7 +92,8 @@ begin
         return new;
     end if;
     subject := new.aggregate_id::uuid;
-    delete from user_data_key where user_id = subject;
+    insert into user_data_key (user_id, wrapped, deleted_at) values (subject, null, now())
+        on conflict (user_id) do update set wrapped = null, deleted_at = now();
     delete from login_guard
      where account in (select value from user_identities where user_id = subject and kind = 'email')
         or account = 'second-factor:' || subject::text;
@@ -87,7 +106,7 @@ begin
     delete from mfa_recovery_code where user_id = subject;
     delete from passkey where user_id = subject;
     delete from webauthn_ceremony where user_id = subject;
-    update mail_sent set recipient = '', event = null
+    update mail_sent set recipient = '', event = null, last_error = null
      where event_id like 'User:' || subject::text || ':%';
     return new;
 end $$;

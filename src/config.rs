@@ -345,6 +345,16 @@ impl Settings {
         Ok(projections::pii::Vault::new(key))
     }
 
+    /// [`Settings::vault`], checked against the database's record of its key-encryption key.
+    pub async fn checked_vault(
+        &self,
+        pool: &sqlx::PgPool,
+    ) -> anyhow::Result<projections::pii::Vault> {
+        let vault = self.vault()?;
+        vault.verify(pool).await?;
+        Ok(vault)
+    }
+
     /// The worker tokens, each at least 32 characters (shorter ones are refused at start).
     pub fn worker_tokens(&self) -> anyhow::Result<Vec<String>> {
         let tokens: Vec<String> = self

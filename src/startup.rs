@@ -82,6 +82,7 @@ impl Application {
         )?;
         let links = LinkSigner::load_or_generate(&settings.link_key_file())?;
         let vault = settings.vault()?;
+        vault.verify(&pool).await?;
         crate::store::hash_identities(&pool, &vault).await?;
         let worker_tokens = Arc::new(settings.worker_tokens()?);
         let second_factors =
@@ -218,16 +219,15 @@ impl Application {
             shutdown.clone(),
         ));
         if roles.projectors && settings.run_projectors {
-            for (projector, gate) in state.projectors.iter().zip(state.catch_up_gates.iter()) {
-                tasks.spawn(projections::run(
-                    state.pool.clone(),
-                    projector.clone(),
-                    gate.clone(),
-                    wake_rx.clone(),
-                    settings.reader_poll(),
-                    shutdown.clone(),
-                ));
-            }
+            // Every read model in one transaction per batch (requests that must read their own
+            // write catch a lagging one up themselves, through its gate).
+            tasks.spawn(projections::run_group(
+                state.pool.clone(),
+                state.projectors.as_ref().clone(),
+                wake_rx.clone(),
+                settings.reader_poll(),
+                shutdown.clone(),
+            ));
         }
         if roles.relay && settings.run_relay {
             tasks.spawn(relay::run(
@@ -294,7 +294,6 @@ pub fn http_app(
 ) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let settings = state.settings.clone();
-    let vault = state.vault.clone();
     let router = routes::router(state, ip_limit)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::observe::track_http));
@@ -308,9 +307,7 @@ pub fn http_app(
     crate::api::layers::harden(router, &settings)
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(move |request: &axum::extract::Request| {
-                    request_span(request, &vault)
-                })
+                .make_span_with(request_span)
                 .on_failure(request_failed),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -343,11 +340,8 @@ fn request_failed(
 /// The span of one request: method, route template (recorded once routed), request id and
 /// a pseudonym of the client address. Never the URI: e-mailed links carry their tokens in the
 /// path. Never the address itself: logs hold no personal data in clear, and they cannot be
-/// crypto-shredded (the pseudonym is stable, so one client's requests still group together).
-fn request_span(
-    request: &axum::extract::Request,
-    vault: &projections::pii::Vault,
-) -> tracing::Span {
+/// crypto-shredded (see [`client_pseudonym`]).
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -356,7 +350,7 @@ fn request_span(
     let client = request
         .extensions()
         .get::<crate::api::layers::ClientIp>()
-        .map(|c| client_pseudonym(vault, c.0))
+        .map(|c| client_pseudonym(c.0))
         .unwrap_or_default();
     tracing::info_span!(
         "request",
@@ -367,11 +361,33 @@ fn request_span(
     )
 }
 
-/// What logs name a client address by: 16 hex digits of its keyed hash.
-pub fn client_pseudonym(vault: &projections::pii::Vault, ip: std::net::IpAddr) -> String {
-    let mut hash = vault.identity_hash("ip", &ip.to_string());
-    hash.truncate(16);
-    hash
+/// What logs name a client address by: 16 hex digits of its HMAC under a key that lives only in
+/// this process's memory and is replaced every day (so one client's requests group together
+/// within a day, and no key that survives can reverse or link a pseudonym later).
+pub fn client_pseudonym(ip: std::net::IpAddr) -> String {
+    use hmac::{Hmac, Mac};
+    static KEY: std::sync::Mutex<Option<(i64, [u8; 32])>> = std::sync::Mutex::new(None);
+    let day = chrono::Utc::now().timestamp() / 86_400;
+    let key = {
+        let mut held = KEY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *held {
+            Some((held_day, key)) if held_day == day => key,
+            _ => {
+                let mut key = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+                *held = Some((day, key));
+                key
+            }
+        }
+    };
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key) else {
+        return String::new();
+    };
+    mac.update(ip.to_string().as_bytes());
+    mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Serves metrics and probes on the management listener until `shutdown`.

@@ -22,7 +22,7 @@ pub mod rebuild;
 pub mod runner;
 
 pub use reader::{Checkpoint, StoredEvent};
-pub use runner::{catch_up, run, CatchUpGate, Projector, Target};
+pub use runner::{catch_up, run, run_group, CatchUpGate, Projector, Target};
 
 /// Every projector this crate provides, in a stable order, opening personal data with `vault`.
 pub fn all(vault: &pii::Vault) -> Vec<std::sync::Arc<dyn Projector>> {

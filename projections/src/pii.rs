@@ -185,22 +185,18 @@ impl Vault {
     }
 
     /// The data key of `subject` for writing: from memory, else the stored one, else a new one
-    /// stored now (one statement; concurrent writers agree on the first stored).
+    /// stored now (one statement; concurrent writers agree on the first stored). `None` for a
+    /// deleted person (a tombstone): what is written for them is sealed under no stored key.
     pub async fn key_for_writing(
         &self,
         db: impl sqlx::PgExecutor<'_>,
         subject: Uuid,
-    ) -> anyhow::Result<DataKey> {
-        if let Some(key) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|mut c| c.get(&subject).cloned())
-        {
-            return Ok(key);
+    ) -> anyhow::Result<Option<DataKey>> {
+        if let Some(key) = self.cached_key(subject) {
+            return Ok(Some(key));
         }
         let (_, wrapped) = self.new_data_key(subject);
-        let stored: Vec<u8> = sqlx::query_scalar(
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(
             "insert into user_data_key (user_id, wrapped) values ($1, $2)
              on conflict (user_id) do update set user_id = excluded.user_id
              returning wrapped",
@@ -209,11 +205,46 @@ impl Vault {
         .bind(&wrapped)
         .fetch_one(db)
         .await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
         let key = self
             .unwrap_key(subject, &stored)
             .ok_or_else(|| anyhow::anyhow!("a stored data key does not open with DATA_KEY_FILE"))?;
         self.remember_key(subject, &key);
-        Ok(key)
+        Ok(Some(key))
+    }
+
+    /// The keyed check value of this key-encryption key (`data_key_check`).
+    fn check_value(&self) -> Vec<u8> {
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.identity.as_ref()) else {
+            unreachable!()
+        };
+        mac.update(b"accounts key-encryption key check v1");
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Refuses a key-encryption key the database's data keys were not wrapped under (another
+    /// `DATA_KEY_FILE`, e.g. a host started without the deployment's): with it every personal
+    /// value would read as erased and every identity hash would differ. The first process to
+    /// start on a database records its key's check value; it stands for good (an operator who
+    /// replaces a lost key on purpose deletes the `data_key_check` row).
+    pub async fn verify(&self, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        let check = self.check_value();
+        let recorded: Vec<u8> = sqlx::query_scalar(
+            "insert into data_key_check (check_value) values ($1)
+             on conflict (id) do update set id = excluded.id
+             returning check_value",
+        )
+        .bind(&check)
+        .fetch_one(pool)
+        .await?;
+        anyhow::ensure!(
+            recorded == check,
+            "DATA_KEY_FILE is not the key-encryption key this database's data keys are wrapped \
+             under: every process of a deployment needs the same file"
+        );
+        Ok(())
     }
 
     /// Seals a short text under the key-encryption key itself, for `subject`'s farewell mail

@@ -182,6 +182,148 @@ impl CatchUpGate {
     }
 }
 
+/// One batch of every projector of `group` in one transaction (issue #12: one transaction per
+/// batch for all the read models, not one each): their checkpoints locked in one statement (in
+/// name order, so two groups never deadlock; a request's catch-up locks one at a time), the
+/// events after the furthest-behind one read once and opened once, each projector given those
+/// after its own checkpoint, the checkpoints saved in one statement. With `Look::First` an
+/// exists-query comes first, so a wake-up that finds nothing takes no lock. Returns how many
+/// events were read.
+pub async fn run_group_batch(
+    pool: &PgPool,
+    group: &[Arc<dyn Projector>],
+    look: Look,
+    size: i64,
+) -> anyhow::Result<usize> {
+    let Some(first) = group.first() else {
+        return Ok(0);
+    };
+    let names: Vec<String> = group.iter().map(|p| p.name().to_owned()).collect();
+    let mut conn = pool.acquire().await?;
+    if look == Look::First {
+        let pending: bool = sqlx::query_scalar(
+            "select exists (select 1 from reader_checkpoint c, events e
+                             where c.name = any($1)
+                               and (e.transaction_id, e.global_position)
+                                   > (c.transaction_id, c.position)
+                               and e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()))",
+        )
+        .bind(&names)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !pending {
+            return Ok(0);
+        }
+    }
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(
+        "select name, transaction_id::text, position from reader_checkpoint
+          where name = any($1) order by name for update",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await?;
+    if locked.len() != group.len() {
+        // A projector without its checkpoint row yet: made, and the batch tried again.
+        tx.rollback().await?;
+        sqlx::query(
+            "insert into reader_checkpoint (name) select unnest($1::text[]) on conflict do nothing",
+        )
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+        return Box::pin(run_group_batch(pool, group, Look::Skip, size)).await;
+    }
+    let position = |txid: &str, pos: i64| (txid.parse::<u64>().unwrap_or(0), pos);
+    let behind = locked
+        .iter()
+        .min_by_key(|(_, txid, pos)| position(txid, *pos))
+        .map(|(_, txid, pos)| Checkpoint {
+            transaction_id: txid.clone(),
+            position: *pos,
+        })
+        .unwrap_or(Checkpoint {
+            transaction_id: "0".into(),
+            position: 0,
+        });
+    let mut events = reader::read_after(&mut tx, &behind, size).await?;
+    let Some(last) = events.last().map(Checkpoint::after) else {
+        tx.commit().await?;
+        return Ok(0);
+    };
+    for event in &mut events {
+        event.open(first.vault());
+    }
+    let mut saved: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
+    for (name, txid, pos) in &locked {
+        let Some(projector) = group.iter().find(|p| p.name() == name) else {
+            continue;
+        };
+        let after = position(txid, *pos);
+        let start = events
+            .iter()
+            .position(|e| position(&e.transaction_id, e.global_position) > after)
+            .unwrap_or(events.len());
+        if start < events.len() {
+            projector.apply_batch(&mut tx, &events[start..]).await?;
+            saved.0.push(name.clone());
+            saved.1.push(last.transaction_id.clone());
+            saved.2.push(last.position);
+        }
+    }
+    sqlx::query(
+        "update reader_checkpoint c
+            set transaction_id = s.transaction_id::xid8, position = s.position, updated_at = now()
+           from unnest($1::text[], $2::text[], $3::bigint[]) as s(name, transaction_id, position)
+          where c.name = s.name",
+    )
+    .bind(&saved.0)
+    .bind(&saved.1)
+    .bind(&saved.2)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Runs every projector of `group` until `shutdown`, a batch of all of them per transaction
+/// ([`run_group_batch`]): woken by an append (after [`COALESCE`]) or every `poll`. Errors are
+/// logged and retried after `poll`.
+pub async fn run_group(
+    pool: PgPool,
+    group: Vec<Arc<dyn Projector>>,
+    mut wake: watch::Receiver<u64>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut look = Look::First;
+    loop {
+        loop {
+            match run_group_batch(&pool, &group, look, BATCH_SIZE).await {
+                Ok(read) if read as i64 >= BATCH_SIZE => look = Look::Skip,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(error = %error, "projector batch failed");
+                    break;
+                }
+            }
+        }
+        look = Look::First;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(poll).await;
+                } else {
+                    look = Look::Skip;
+                    tokio::time::sleep(COALESCE).await;
+                }
+            }
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
 /// Runs a projector until `shutdown`: catches up whenever `wake` changes and every `poll`,
 /// through `gate`, which it shares with the requests that catch up for read-your-writes (so a
 /// wake-up that a request's catch-up already covered costs nothing).

@@ -218,14 +218,13 @@ pub(crate) async fn login(
             ttl: Duration::seconds(state.settings.mfa_challenge_ttl as i64),
             now: Utc::now(),
         };
-        let (released, challenged) = tokio::join!(
-            state.throttle.succeeded(&account, &source),
-            state.sessions.execute(&id, command, &meta)
-        );
-        challenged.map_err(aggregate_error)?;
-        if let Err(error) = released {
-            tracing::warn!(%error, "cannot record a right password's source");
-        }
+        // The right password's record for the guessing bound rides in the challenge's append.
+        let guard = state.throttle.success_in_append(&account, &source);
+        state
+            .sessions
+            .execute_with(&id, command, &meta, guard)
+            .await
+            .map_err(aggregate_error)?;
         return Ok(Json(LoginOutcome::SecondFactor(SecondFactorChallenge {
             msg: "Your password is right; enter a code of your authenticator app or a recovery \
                   code to finish logging in."
@@ -246,16 +245,14 @@ pub(crate) async fn login(
         ttl: Duration::seconds(state.settings.refresh_token_ttl as i64),
         now: started_at,
     };
-    // Clearing the source's failures and starting the session are independent: both at once. A
-    // failed clear only leaves this source's count as it was; the login stands.
-    let (released, started) = tokio::join!(
-        state.throttle.succeeded(&account, &source),
-        state.sessions.execute(&id, command, &meta)
-    );
-    started.map_err(aggregate_error)?;
-    if let Err(error) = released {
-        tracing::warn!(%error, "cannot record a successful login's source");
-    }
+    // The session's start and the guessing bound's record of the right password (its source's
+    // failures cleared, the source familiar) are one statement: the record rides in the append.
+    let guard = state.throttle.success_in_append(&account, &source);
+    state
+        .sessions
+        .execute_with(&id, command, &meta, guard)
+        .await
+        .map_err(aggregate_error)?;
     // No wait for the read models here: the access token names the login, and the first read
     // that must show it waits for it, only if the read models are behind (`AuthUser`).
     let tokens = token_pair(

@@ -172,11 +172,14 @@ pub(crate) async fn open_event(
     )]));
     let mut metadata = Value::Object(event.metadata);
     if let Some(subject) = pii::subject_in(&metadata) {
-        let wrapped: Option<Vec<u8>> =
-            sqlx::query_scalar("select wrapped from user_data_key where user_id = $1")
-                .bind(subject)
-                .fetch_optional(&state.pool)
-                .await?;
+        // A deleted person's row is a tombstone without a key.
+        let wrapped: Option<Vec<u8>> = sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "select wrapped from user_data_key where user_id = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&state.pool)
+        .await?
+        .flatten();
         let sealed = pii::holds_sealed_data(&payload, &metadata);
         if wrapped.is_none() && sealed {
             return Err(ApiError::detail(

@@ -174,6 +174,17 @@ impl LoginThrottle {
         }
     }
 
+    /// What records a right password in the statement that appends the login's first session
+    /// event, instead of [`LoginThrottle::succeeded`]'s own round trip: transient metadata the
+    /// store's trigger passes to `login_succeeded` and takes out of the row (migration 0019).
+    pub fn success_in_append(&self, account: &str, source: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("guard_account", account.to_owned()),
+            ("guard_source", source.to_owned()),
+            ("guard_familiar_days", self.familiar_days.to_string()),
+        ]
+    }
+
     /// The admitted check succeeded: the source's failures are forgotten and it becomes familiar.
     pub async fn succeeded(&self, account: &str, source: &str) -> sqlx::Result<()> {
         sqlx::query("select login_succeeded($1, $2, $3)")

@@ -25,7 +25,7 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 /// `accounts projections rebuild [NAME]`.
 pub async fn rebuild(settings: &Settings, name: Option<&str>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     let projectors = match name {
         Some(name) => vec![projections::by_name(name, &vault)
             .with_context(|| format!("no projector called {name} (try profile or history)"))?],
@@ -77,7 +77,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 /// `accounts user-at --user <id or e-mail> --at <RFC 3339>`.
 pub async fn user_at(settings: &Settings, user: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     let user_id = user_id_of(&pool, &vault, user).await?;
     match timetravel::user_as_of(&pool, &vault, user_id, at).await? {
         Some(state) => println!("{}", serde_json::to_string_pretty(&state)?),
@@ -104,7 +104,7 @@ async fn user_id_of(
 /// document `GET /accounts/api/export/` gives its owner).
 pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     let user_id = user_id_of(&pool, &vault, user).await?;
     let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
         .await?
@@ -118,7 +118,7 @@ pub async fn user_delete(settings: &Settings, user: &str, reason: &str) -> anyho
     let reason = reason.trim();
     anyhow::ensure!(!reason.is_empty(), "--reason must say why");
     let pool = prepare_database(settings).await?;
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     let user_id = user_id_of(&pool, &vault, user).await?;
     let users: store::commands::CommandBus<aggregates::User> =
         store::commands::CommandBus::with_cache_capacity(pool.clone(), vault.clone(), (), 0);
@@ -142,6 +142,11 @@ pub async fn user_delete(settings: &Settings, user: &str, reason: &str) -> anyho
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot delete {user_id}: {e}"))?;
+    // The account's tokens die once the profile read model shows the deletion: now, not when
+    // the service's projector next runs.
+    if let Some(profile) = projections::by_name("profile", &vault) {
+        projections::catch_up(&pool, profile.as_ref()).await?;
+    }
     println!("{user_id} deleted; its data key is destroyed and a confirmation will be mailed");
     Ok(())
 }
@@ -149,7 +154,7 @@ pub async fn user_delete(settings: &Settings, user: &str, reason: &str) -> anyho
 /// `accounts erasure migrate`.
 pub async fn erasure_migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     store::hash_identities(&pool, &vault).await?;
     let remaining = store::erasure::migrate_remaining(&pool).await?;
     let progress = bar(remaining.max(0) as u64, "sealing");
@@ -172,7 +177,7 @@ pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let progress = bar((users * 10) as u64, "seed");
     let started = std::time::Instant::now();
-    let vault = settings.vault()?;
+    let vault = settings.checked_vault(&pool).await?;
     let events = seed::seed(&pool, Some(&vault), &hash, users, days, 42, |n| {
         progress.inc(n as u64)
     })

@@ -176,7 +176,21 @@ where
         command: A::Command,
         meta: &RequestMeta,
     ) -> Result<Executed<A>, AggregateError<A::Error>> {
-        let metadata = meta.to_metadata();
+        self.execute_with(id, command, meta, Vec::new()).await
+    }
+
+    /// [`CommandBus::execute`] with `transient` metadata entries for the store's triggers, which
+    /// take them out of the row before it is stored (e.g. the guessing bound's success record:
+    /// migration 0019).
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        meta: &RequestMeta,
+        transient: Vec<(&'static str, String)>,
+    ) -> Result<Executed<A>, AggregateError<A::Error>> {
+        let mut metadata = meta.to_metadata();
+        metadata.extend(transient.into_iter().map(|(k, v)| (k.to_owned(), v)));
         // Not cached: decide on an empty stream, which is right for a new aggregate; for an
         // existing one the commit conflicts (or the refusal is checked) and it is read. Without
         // a cache, read first as cqrs-es does.

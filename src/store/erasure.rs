@@ -69,6 +69,10 @@ pub async fn delete_account(
     meta: &RequestMeta,
 ) -> Result<Executed<User>, AggregateError<UserError>> {
     let id = user_id.to_string();
+    // Events from before crypto-shredding are sealed under the key about to be destroyed.
+    seal_person(pool, vault, user_id)
+        .await
+        .map_err(|e| AggregateError::UnexpectedError(e.into()))?;
     keep_farewell_address(pool, vault, user_id, account)
         .await
         .map_err(|e| AggregateError::UnexpectedError(e.into()))?;
@@ -82,6 +86,8 @@ pub async fn delete_account(
             users.forget(&id, user_id);
             Ok(done)
         }
+        // Deleted meanwhile by a concurrent request: its farewell stays.
+        Err(error @ AggregateError::UserError(UserError::Deleted)) => Err(error),
         Err(error) => {
             // Not deleted: the address is not kept for a farewell that will not come.
             if let Err(e) = forget_farewell_address(pool, user_id).await {
@@ -108,31 +114,83 @@ const MIGRATE_BATCH: i64 = 2_000;
 pub async fn migrate_remaining(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "select count(*) from events
-          where global_position > (select position from erasure_migration)",
+          where not (metadata ? 'subject')
+            and global_position > (select position from erasure_migration)",
     )
     .fetch_one(pool)
     .await
 }
 
-/// Seals the personal data of every event written in clear (before crypto-shredding), in
-/// `global_position` order, a batch per transaction with its checkpoint (`erasure_migration`),
-/// so an interrupted run resumes where it stopped; a second run finds nothing to do. Events of
-/// accounts deleted before any data key existed cannot be sealed under a key: their personal
-/// values are blanked instead. `progress` is told how many events each batch read.
+/// One event as `migrate` reads it.
+type Row = (i64, String, String, Value, Value);
+
+/// Seals the personal data of `rows` (events written in clear) in place, in `tx`: each under its
+/// person's data key, made if they have none; a deleted person's (a tombstone) under a key
+/// stored nowhere. Returns how many were sealed.
+async fn seal_rows(
+    tx: &mut sqlx::PgConnection,
+    vault: &Vault,
+    rows: Vec<Row>,
+) -> anyhow::Result<u64> {
+    let (mut positions, mut payloads, mut metadatas) = (Vec::new(), Vec::new(), Vec::new());
+    for (position, aggregate_type, aggregate_id, mut payload, mut metadata) in rows {
+        if !pii::holds_clear_personal_data(&payload, &metadata) {
+            continue;
+        }
+        let Some(subject) = pii::subject_in(&metadata)
+            .or_else(|| pii::subject_of(&aggregate_type, &aggregate_id, &payload))
+        else {
+            continue;
+        };
+        let key = vault
+            .key_for_writing(&mut *tx, subject)
+            .await?
+            .unwrap_or_else(|| vault.new_data_key(subject).0);
+        vault.seal_event(&key, subject, &mut payload, &mut metadata);
+        positions.push(position);
+        payloads.push(payload);
+        metadatas.push(metadata);
+    }
+    if !positions.is_empty() {
+        sqlx::query(
+            "update events e set payload = m.payload, metadata = m.metadata
+               from unnest($1::bigint[], $2::jsonb[], $3::jsonb[]) as m(position, payload, metadata)
+              where e.global_position = m.position",
+        )
+        .bind(&positions)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(positions.len() as u64)
+}
+
+/// Seals the personal data of every event written in clear (before crypto-shredding): those
+/// whose metadata names no subject (the index `events_unsealed`), in `global_position` order, a
+/// batch per transaction with its checkpoint (`erasure_migration`), so an interrupted run resumes
+/// where it stopped and a second run finds nothing to do; then once more from the start, for an
+/// old writer's event that committed late below the checkpoint. `progress` is told how many
+/// events each batch read.
 pub async fn migrate(
     pool: &PgPool,
     vault: &Vault,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<MigrationReport> {
     let mut report = MigrationReport::default();
+    let mut sweep_from: Option<i64> = None;
     loop {
         let mut tx = pool.begin().await?;
-        let after: i64 = sqlx::query_scalar("select position from erasure_migration for update")
-            .fetch_one(&mut *tx)
-            .await?;
-        let rows: Vec<(i64, String, String, String, Value, Value)> = sqlx::query_as(
-            "select global_position, aggregate_type, aggregate_id, event_type, payload, metadata
-               from events where global_position > $1 order by global_position limit $2",
+        let checkpoint: i64 =
+            sqlx::query_scalar("select position from erasure_migration for update")
+                .fetch_one(&mut *tx)
+                .await?;
+        let after = sweep_from.unwrap_or(checkpoint);
+        let rows: Vec<Row> = sqlx::query_as(
+            "select global_position, aggregate_type, aggregate_id, payload, metadata
+               from events
+              where not (metadata ? 'subject') and global_position > $1
+              order by global_position limit $2",
         )
         .bind(after)
         .bind(MIGRATE_BATCH)
@@ -140,70 +198,48 @@ pub async fn migrate(
         .await?;
         let Some(last) = rows.last().map(|r| r.0) else {
             tx.commit().await?;
-            return Ok(report);
+            if sweep_from.is_some() {
+                return Ok(report);
+            }
+            sweep_from = Some(0);
+            continue;
         };
-        let deleted: Vec<String> = sqlx::query_scalar(
-            "select aggregate_id from events
-              where aggregate_type = 'User' and event_type = 'AccountDeleted'
-                and aggregate_id = any($1)",
-        )
-        .bind(
-            rows.iter()
-                .filter_map(|r| {
-                    let subject = pii::subject_of(&r.1, &r.2, &r.4)?;
-                    Some(subject.to_string())
-                })
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let (mut positions, mut payloads, mut metadatas) = (Vec::new(), Vec::new(), Vec::new());
-        for (position, aggregate_type, aggregate_id, _, mut payload, mut metadata) in
-            rows.iter().cloned()
-        {
-            report.scanned += 1;
-            if !pii::holds_clear_personal_data(&payload, &metadata) {
-                continue;
+        let read = rows.len() as u64;
+        report.scanned += read;
+        report.sealed += seal_rows(&mut tx, vault, rows).await?;
+        match &mut sweep_from {
+            Some(from) => *from = last,
+            None => {
+                sqlx::query("update erasure_migration set position = $1, updated_at = now()")
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            let subject = pii::subject_in(&metadata)
-                .or_else(|| pii::subject_of(&aggregate_type, &aggregate_id, &payload));
-            let Some(subject) = subject else {
-                continue;
-            };
-            if deleted.contains(&subject.to_string()) {
-                // No key may be made for a person who is gone: blank what was in clear.
-                vault.seal_event(
-                    &vault.new_data_key(subject).0,
-                    subject,
-                    &mut payload,
-                    &mut metadata,
-                );
-            } else {
-                let key = vault.key_for_writing(&mut *tx, subject).await?;
-                vault.seal_event(&key, subject, &mut payload, &mut metadata);
-            }
-            positions.push(position);
-            payloads.push(payload);
-            metadatas.push(metadata);
         }
-        if !positions.is_empty() {
-            sqlx::query(
-                "update events e set payload = m.payload, metadata = m.metadata
-                   from unnest($1::bigint[], $2::jsonb[], $3::jsonb[]) as m(position, payload, metadata)
-                  where e.global_position = m.position",
-            )
-            .bind(&positions)
-            .bind(&payloads)
-            .bind(&metadatas)
-            .execute(&mut *tx)
-            .await?;
-            report.sealed += positions.len() as u64;
-        }
-        sqlx::query("update erasure_migration set position = $1, updated_at = now()")
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        progress(rows.len() as u64);
+        if sweep_from.is_none() {
+            progress(read);
+        }
     }
+}
+
+/// Seals what one person's events from before crypto-shredding still hold in clear (their
+/// `User` stream and the `Session` events naming them), so that deleting them erases those too
+/// even if `accounts erasure migrate` has not run yet. Looks only through the unsealed events.
+pub async fn seal_person(pool: &PgPool, vault: &Vault, user_id: Uuid) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "select global_position, aggregate_type, aggregate_id, payload, metadata
+           from events
+          where not (metadata ? 'subject')
+            and ((aggregate_type = 'User' and aggregate_id = $1)
+                 or (aggregate_type = 'Session' and payload -> event_type ->> 'user_id' = $1))
+          for update",
+    )
+    .bind(user_id.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    let sealed = seal_rows(&mut tx, vault, rows).await?;
+    tx.commit().await?;
+    Ok(sealed)
 }

@@ -37,6 +37,14 @@ const READ: &str = "select e.aggregate_type, e.aggregate_id, e.sequence, e.event
       where e.aggregate_type = $1 and e.aggregate_id = $2 and e.sequence > $3
       order by e.sequence";
 
+/// What `user_data_key` holds for a subject.
+enum Stored {
+    None,
+    Key(DataKey),
+    /// The person was deleted: the key is gone for good.
+    Tombstone,
+}
+
 #[derive(sqlx::FromRow)]
 struct ReadRow {
     aggregate_type: String,
@@ -115,7 +123,10 @@ impl EventRepository {
                 let key = match known {
                     Some(key) => key,
                     None => match (first, self.stored_key(subject).await?) {
-                        (false, Some(key)) => key,
+                        (false, Stored::Key(key)) => key,
+                        // A deleted person (a late write of a stale process): sealed under a
+                        // key that is stored nowhere, so it opens to nothing.
+                        (false, Stored::Tombstone) => self.vault.new_data_key(subject).0,
                         _ => {
                             let (key, wrapped) = self.vault.new_data_key(subject);
                             new_keys.push((subject, key.clone(), wrapped));
@@ -132,21 +143,23 @@ impl EventRepository {
     }
 
     /// The stored data key of `subject`, remembered for the next writes.
-    async fn stored_key(&self, subject: Uuid) -> Result<Option<DataKey>, PersistenceError> {
-        let wrapped: Option<Vec<u8>> =
+    async fn stored_key(&self, subject: Uuid) -> Result<Stored, PersistenceError> {
+        let wrapped: Option<Option<Vec<u8>>> =
             sqlx::query_scalar("select wrapped from user_data_key where user_id = $1")
                 .bind(subject)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(persistence_error)?;
-        let Some(wrapped) = wrapped else {
-            return Ok(None);
+        let wrapped = match wrapped {
+            None => return Ok(Stored::None),
+            Some(None) => return Ok(Stored::Tombstone),
+            Some(Some(wrapped)) => wrapped,
         };
         let key = self.vault.unwrap_key(subject, &wrapped).ok_or_else(|| {
             PersistenceError::UnknownError("a data key does not open with DATA_KEY_FILE".into())
         })?;
         self.vault.remember_key(subject, &key);
-        Ok(Some(key))
+        Ok(Stored::Key(key))
     }
 
     /// Adds the keyed hashes a registration claims (`email_claim`, `username_claim`), which the
@@ -229,10 +242,9 @@ impl PersistedEventRepository for EventRepository {
         let (sealed, new_keys) = self.sealed::<A>(events).await?;
         let mut insert: QueryBuilder<Postgres> = QueryBuilder::new("");
         if !new_keys.is_empty() {
-            // No key is made for a person who was deleted: their event stays sealed under a key
-            // that is stored nowhere (what reaches here for them is a late write of a stale
-            // process). No `on conflict`: a concurrent first key is a conflict, and the retry
-            // reads the stored one.
+            // No `on conflict`: a concurrent first key is a conflict, and the retry reads the
+            // stored one; a deleted person's tombstone conflicts too, and the retry seals under
+            // a key stored nowhere.
             let users: Vec<Uuid> = new_keys.iter().map(|(s, _, _)| *s).collect();
             let wrapped: Vec<&[u8]> = new_keys.iter().map(|(_, _, w)| w.as_slice()).collect();
             insert.push(
@@ -242,11 +254,7 @@ impl PersistedEventRepository for EventRepository {
             insert.push_bind(users);
             insert.push("::uuid[], ");
             insert.push_bind(wrapped);
-            insert.push(
-                "::bytea[]) as n(user_id, wrapped) where not exists (select 1 from events d \
-                 where d.aggregate_type = 'User' and d.aggregate_id = n.user_id::text \
-                 and d.event_type = 'AccountDeleted')) ",
-            );
+            insert.push("::bytea[]) as n(user_id, wrapped)) ");
         }
         insert.push(
             "insert into events (aggregate_type, aggregate_id, sequence, event_type, \

@@ -90,7 +90,7 @@ pub async fn hash_identities(pool: &PgPool, vault: &Vault) -> anyhow::Result<()>
             .zip(&values)
             .map(|(kind, value)| vault.identity_hash(kind, value))
             .collect();
-        sqlx::query(
+        let hashed = sqlx::query(
             "update user_identities i set value = h.hash, hashed = true
                from unnest($1::text[], $2::text[], $3::text[]) as h(kind, value, hash)
               where i.kind = h.kind and i.value = h.value and not i.hashed",
@@ -99,7 +99,37 @@ pub async fn hash_identities(pool: &PgPool, vault: &Vault) -> anyhow::Result<()>
         .bind(&values)
         .bind(&hashes)
         .execute(pool)
-        .await?;
+        .await;
+        match hashed {
+            Ok(_) => {}
+            // An address claimed twice, in clear and hashed (an old process registered it during
+            // a rolling upgrade): one by one, the clash logged and kept for an operator.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                for ((kind, value), hash) in kinds.iter().zip(&values).zip(&hashes) {
+                    let one = sqlx::query(
+                        "update user_identities set value = $3, hashed = true
+                          where kind = $1 and value = $2 and not hashed",
+                    )
+                    .bind(kind)
+                    .bind(value)
+                    .bind(hash)
+                    .execute(pool)
+                    .await;
+                    if let Err(error) = one {
+                        tracing::warn!(kind, %error, "an identity stays unhashed: its hash is claimed by another account");
+                        sqlx::query(
+                            "update user_identities set hashed = true
+                              where kind = $1 and value = $2",
+                        )
+                        .bind(kind)
+                        .bind(value)
+                        .execute(pool)
+                        .await?;
+                    }
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     // The guessing bound's rows named accounts by their clear e-mail key: they are hashed too
     // (hashes are 64 hex digits; second-factor keys name the account id).

@@ -511,6 +511,57 @@ async fn an_operator_deletes_an_account_with_a_reason_on_record() {
         details,
         json!({"by": "operator", "reason": "ticket 4711: asked by letter"})
     );
+    // The key is a tombstone: no writer, however late, can make the person a new one, and
+    // what a stale process still writes for them opens to nothing.
+    let (wrapped, deleted_at): (Option<Vec<u8>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("select wrapped, deleted_at from user_data_key where user_id = $1")
+            .bind(user_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(wrapped.is_none() && deleted_at.is_some());
+    let vault = app.vault();
+    assert!(vault
+        .key_for_writing(&app.pool, user_id)
+        .await
+        .unwrap()
+        .is_none());
+    let stale = accounts::store::commands::CommandBus::<aggregates::Session>::with_cache_capacity(
+        app.pool.clone(),
+        app.vault(),
+        (),
+        0,
+    );
+    let meta = accounts::api::body::RequestMeta {
+        ip: Some("192.0.2.55".into()),
+        user_agent: Some("StaleAgent/1.0".into()),
+        ..Default::default()
+    };
+    let late = Uuid::new_v4().to_string();
+    stale
+        .execute(
+            &late,
+            aggregates::SessionCommand::RecordFailedLogin {
+                user_id,
+                now: chrono::Utc::now(),
+            },
+            &meta,
+        )
+        .await
+        .unwrap();
+    let written = app.opened_events(&format!("aggregate_id = '{late}'")).await;
+    assert_eq!(written.len(), 1);
+    let text = format!("{}", written[0].metadata);
+    assert!(
+        !text.contains("192.0.2.55") && !text.contains("StaleAgent"),
+        "{text}"
+    );
+    // Another key-encryption key is refused before it reads anything as erased.
+    assert!(projections::pii::Vault::new([9; 32])
+        .verify(&app.pool)
+        .await
+        .is_err());
+    vault.verify(&app.pool).await.unwrap();
     // The owner's own deletion path refuses a deleted account's token.
     let again = app
         .post_authed(
@@ -588,7 +639,6 @@ async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_the
     };
     assert!(clear().await > 40);
     caught_up(&app).await;
-    let live = read_models(&app.pool).await;
     let email: String =
         sqlx::query_scalar("select email from profile where is_active order by user_id limit 1")
             .fetch_one(&app.pool)
@@ -599,6 +649,36 @@ async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_the
         .await
         .unwrap();
     assert_eq!(unhashed, 80);
+
+    // A person deleted before the migration ran: their events are sealed at the deletion, under
+    // the key it destroys.
+    let gone: (Uuid, String) = sqlx::query_as(
+        "select user_id, email from profile where is_active and email <> $1
+          order by user_id desc limit 1",
+    )
+    .bind(&email)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    accounts::ops::cli::user_delete(&app.settings, &gone.0.to_string(), "asked by phone")
+        .await
+        .unwrap();
+    let theirs: String = sqlx::query_scalar(
+        "select string_agg(payload::text || metadata::text, '') from events
+          where aggregate_id = $1 or payload -> event_type ->> 'user_id' = $1",
+    )
+    .bind(gone.0.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        !theirs.contains(&gone.1),
+        "the deleted person's address in clear"
+    );
+    assert!(
+        !theirs.contains("seed/1.0"),
+        "the deleted person's user agent in clear"
+    );
 
     accounts::ops::cli::erasure_migrate(&app.settings)
         .await
@@ -621,6 +701,8 @@ async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_the
     assert_eq!(again.sealed, 0);
 
     // The sealed events rebuild the same read models, and the owners log in as before.
+    caught_up(&app).await;
+    let live = read_models(&app.pool).await;
     for projector in projections::all(&app.vault()) {
         projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
             .await

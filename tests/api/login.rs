@@ -217,3 +217,39 @@ async fn the_jwks_verifies_our_access_tokens() {
     assert_eq!(data.claims["token_type"], "access");
     assert_eq!(data.claims["iss"], "accounts");
 }
+
+// Issue #12: the right password's record for the guessing bound rides in the session's append.
+#[tokio::test]
+async fn a_login_clears_its_sources_failures_in_the_append_and_stores_none_of_it() {
+    let app = TestApp::spawn().await;
+    let email = "guarded@example.com";
+    app.active_user("guarded", email).await;
+    for _ in 0..3 {
+        assert_eq!(app.login(email, "a wrong password").await.status(), 401);
+    }
+    let failures = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select coalesce(sum(failures), 0)::bigint from login_guard where source <> '*'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(failures().await, 3);
+    json_of(app.login(email, PASSWORD).await, StatusCode::OK).await;
+    // The right password cleared this source's count and made it familiar ...
+    assert_eq!(failures().await, 0);
+    let familiar: i64 = sqlx::query_scalar("select count(*) from login_familiar_source")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(familiar >= 1);
+    // ... and what carried the record into the statement is in no stored event.
+    let carried: i64 =
+        sqlx::query_scalar("select count(*) from events where metadata::text like '%guard_%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(carried, 0);
+    assert!(app.count_events("Started").await >= 2);
+}

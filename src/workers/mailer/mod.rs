@@ -74,6 +74,22 @@ fn superseded_by(event_type: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// An error's text without the e-mail addresses in it (an SMTP server's reply names the
+/// recipient): what is logged and stored about a failed mail.
+pub fn redacted(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .split_inclusive(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        .map(|word| {
+            let bare = word.trim_end_matches(|c: char| c.is_whitespace() || c == '<' || c == '>');
+            if bare.contains('@') {
+                word.replacen(bare, "<address>", 1)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
 /// The recipient a mail is recorded under: none for the farewell of a deleted account.
 fn recorded_recipient(mail: &Mail) -> &str {
     if mail.kind == compose::FAREWELL {
@@ -151,11 +167,20 @@ impl Mailer {
         let Some(subject) = projections::pii::subject_in(&event.metadata) else {
             return Ok(());
         };
-        let wrapped: Option<Vec<u8>> =
-            sqlx::query_scalar("select wrapped from user_data_key where user_id = $1")
-                .bind(subject)
-                .fetch_optional(&self.pool)
-                .await?;
+        // A User event's values are its own account's: a message naming another subject opens
+        // nothing (its mail is not sent).
+        let subject = if event.aggregate_id.parse() == Ok(subject) {
+            subject
+        } else {
+            uuid::Uuid::nil()
+        };
+        let wrapped: Option<Vec<u8>> = sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "select wrapped from user_data_key where user_id = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
         let mut payload = serde_json::json!({ event.event_type.clone(): event.data.take() });
         self.vault
             .open_event(wrapped.as_deref(), &mut payload, &mut event.metadata);
@@ -198,8 +223,13 @@ impl Mailer {
             tracing::info!(kind = mail.kind, reason, "mail not sent");
             return Ok(Outcome::Skipped);
         }
+        // The recipient is recorded only while the person exists (a deletion that committed
+        // since this event was opened leaves none behind).
         let claimed: Option<String> = sqlx::query_scalar(
-            "insert into mail_sent (event_id, kind, recipient, status) values ($1, $2, $3, 'sending')
+            "insert into mail_sent (event_id, kind, recipient, status)
+             values ($1, $2, case when exists (select 1 from user_data_key
+                                                where user_id::text = $5 and wrapped is not null)
+                                  then $3 else '' end, 'sending')
              on conflict (event_id) do update set claimed_at = now()
                where mail_sent.status = 'sending'
                  and mail_sent.claimed_at < now() - make_interval(secs => $4)
@@ -209,6 +239,7 @@ impl Mailer {
         .bind(mail.kind)
         .bind(recorded_recipient(&mail))
         .bind(CLAIM_TIMEOUT_SECS as f64)
+        .bind(&event.aggregate_id)
         .fetch_optional(&self.pool)
         .await?;
         if claimed.is_none() {
@@ -268,10 +299,16 @@ impl Mailer {
         .bind(mail.kind)
         .bind(recorded_recipient(&mail))
         .bind(attempts as i32)
-        .bind(format!("{error:#}"))
+        .bind(redacted(error))
         .bind(body)
         .execute(&self.pool)
         .await?;
+        if event.event_type == "AccountDeleted" {
+            // A farewell given up on: its address goes now.
+            if let Ok(user_id) = event.aggregate_id.parse() {
+                crate::store::erasure::forget_farewell_address(&self.pool, user_id).await?;
+            }
+        }
         metrics::counter!("mails_failed_total", "kind" => mail.kind).increment(1);
         tracing::error!(event_id = %event.id, kind = mail.kind, "mail failed after its last attempt");
         Ok(())
@@ -294,7 +331,7 @@ impl Mailer {
                 Ok(Outcome::Sent) => sent += 1,
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(event_id = %id, error = format!("{error:#}"), "retry failed");
+                    tracing::warn!(event_id = %id, error = redacted(&error), "retry failed");
                     self.record_failure(&payload, 1, &error).await?;
                 }
             }
@@ -373,6 +410,11 @@ async fn consume(
     settings: &Arc<Settings>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // A farewell not sent within a week (no mailer ran, or every attempt failed) is dropped:
+    // its address is not kept beyond that.
+    sqlx::query("delete from erasure_notice where created_at < now() - interval '7 days'")
+        .execute(&mailer.pool)
+        .await?;
     let consumer = consumer(js, settings).await?;
     let mut messages = consumer
         .messages()
@@ -424,7 +466,7 @@ async fn deliver(mailer: &Mailer, settings: &Settings, message: jetstream::Messa
                 .record_failure(&message.payload, attempt, &error)
                 .await
             {
-                tracing::warn!(error = format!("{record:#}"), "cannot record a failed mail");
+                tracing::warn!(error = redacted(&record), "cannot record a failed mail");
                 message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await
@@ -435,7 +477,7 @@ async fn deliver(mailer: &Mailer, settings: &Settings, message: jetstream::Messa
         Err(error) => {
             let delay = settings.mail_retry_base_secs.max(1) << (attempt - 1).min(10);
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = redacted(&error),
                 attempt,
                 delay,
                 "mail not sent; will retry"
@@ -448,5 +490,20 @@ async fn deliver(mailer: &Mailer, settings: &Settings, message: jetstream::Messa
     };
     if let Err(error) = ack {
         tracing::warn!(%error, "could not acknowledge a message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_smtp_reply_naming_the_recipient_is_logged_without_the_address() {
+        let error = anyhow::anyhow!(
+            "permanent error (550): 5.1.1 <ann.other@example.com>: Recipient address rejected"
+        )
+        .context("cannot send to bob@example.org");
+        let text = super::redacted(&error);
+        assert!(!text.contains("ann.other@example.com"), "{text}");
+        assert!(!text.contains("bob@example.org"), "{text}");
+        assert!(text.contains("550") && text.contains("<address>"), "{text}");
     }
 }
