@@ -263,6 +263,54 @@ async fn the_example_consumer_replays_the_stream_from_the_start() {
     assert!(stdout.contains("handled 2 messages"), "{stdout}");
 }
 
+#[tokio::test]
+async fn the_example_consumer_opens_what_it_may_and_forgets_a_deleted_person() {
+    let app = TestApp::spawn_with(|s| s.worker_tokens = WORKER_TOKEN.into()).await;
+    let (access, _) = app.active_user("leaving", "leaving@example.com").await;
+    app.active_user("staying", "staying@example.com").await;
+    let deleted = app
+        .post_authed(
+            "/accounts/api/delete/account/",
+            &access,
+            &serde_json::json!({"password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(deleted.status(), StatusCode::OK);
+    app.wait_for_relay().await;
+    let total = app.event_count().await;
+    let example = example_binary();
+    let args = example_args(
+        &app,
+        "example-opening",
+        &[
+            "--idle-exit-secs",
+            "2",
+            "--open-url",
+            &app.address,
+            "--worker-token",
+            WORKER_TOKEN,
+        ],
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example).args(args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("handled {total} messages")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("staying@example.com"), "{stdout}");
+    assert!(!stdout.contains("leaving@example.com"), "{stdout}");
+    assert!(stdout.contains(" AccountDeleted v1.0 "), "{stdout}");
+    assert!(stdout.lines().any(|l| l.ends_with(" erased")), "{stdout}");
+    assert!(stderr.contains("account deleted"), "{stderr}");
+}
+
 /// The arguments both example consumers take: `app`'s NATS, stream and every subject, the durable
 /// consumer `durable`, then `extra`.
 fn example_args(app: &TestApp, durable: &str, extra: &[&str]) -> Vec<String> {
