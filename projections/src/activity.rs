@@ -84,6 +84,10 @@ impl Projector for ActivityProjector {
         &self.vault
     }
 
+    fn opens(&self) -> crate::reader::Opens {
+        crate::reader::Opens::Nothing
+    }
+
     /// One statement per batch: insert the (period, user) rows not there yet, and add how many
     /// were new to each period's counter.
     async fn apply_batch(

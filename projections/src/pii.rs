@@ -23,6 +23,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -333,22 +334,34 @@ impl Vault {
             return;
         };
         let key = wrapped.and_then(|w| self.unwrap_key(subject, w));
-        walk(payload, metadata, |field, value| {
-            if !is_sealed(value) {
-                return true;
-            }
-            match key.as_ref().and_then(|k| k.open(subject, field, value)) {
-                Some(plain) => {
-                    *value = plain;
-                    true
-                }
-                None => {
-                    value.clear();
-                    false
-                }
-            }
-        });
+        open_with(key.as_ref(), subject, payload, metadata);
     }
+
+    /// Unwraps the stored keys of a batch's subjects, once each (the rows of `user_data_key`).
+    pub fn unwrap_all(&self, rows: Vec<(Uuid, Option<Vec<u8>>)>) -> HashMap<Uuid, DataKey> {
+        rows.into_iter()
+            .filter_map(|(subject, wrapped)| Some((subject, self.unwrap_key(subject, &wrapped?)?)))
+            .collect()
+    }
+}
+
+/// Opens the sealed values of one event of `subject` in place with `key` (`None`: destroyed).
+pub fn open_with(key: Option<&DataKey>, subject: Uuid, payload: &mut Value, metadata: &mut Value) {
+    walk(payload, metadata, |field, value| {
+        if !is_sealed(value) {
+            return true;
+        }
+        match key.and_then(|k| k.open(subject, field, value)) {
+            Some(plain) => {
+                *value = plain;
+                true
+            }
+            None => {
+                value.clear();
+                false
+            }
+        }
+    });
 }
 
 /// The subject named in an event's metadata.
@@ -415,16 +428,23 @@ fn walk(
     }
 }
 
-/// Whether an event holds any sealed value.
+/// Whether an event holds any sealed value (in its payload, and in `metadata` unless that is
+/// null).
 pub fn holds_sealed_data(payload: &Value, metadata: &Value) -> bool {
-    let mut payload = payload.clone();
-    let mut metadata = metadata.clone();
-    let mut sealed = false;
-    walk(&mut payload, &mut metadata, |_, value| {
-        sealed |= is_sealed(value);
-        true
+    let sealed = |v: &Value| v.as_str().is_some_and(is_sealed);
+    let in_body = body(payload).is_some_and(|body| {
+        body.iter().any(|(name, value)| {
+            (PERSONAL_FIELDS.contains(&name.as_str()) && sealed(value))
+                || (name == PERSONAL_OBJECT
+                    && value
+                        .as_object()
+                        .is_some_and(|inner| inner.values().any(sealed)))
+        })
     });
-    sealed
+    in_body
+        || PERSONAL_METADATA
+            .iter()
+            .any(|name| metadata.get(*name).is_some_and(sealed))
 }
 
 /// Whether an event still holds personal data in clear (what `accounts erasure migrate` seals).

@@ -169,6 +169,10 @@ impl Projector for ProfileProjector {
         &self.vault
     }
 
+    fn opens(&self) -> crate::reader::Opens {
+        crate::reader::Opens::Payload
+    }
+
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection};
+use std::collections::HashMap;
 
 /// One row of the `events` table, as readers see it.
 #[derive(Debug, Clone, FromRow)]
@@ -80,6 +81,88 @@ impl StoredEvent {
     }
 }
 
+/// Which sealed values a reader opens (see [`crate::pii`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Opens {
+    /// None: it reads no personal data (e.g. activity counts ids only).
+    Nothing,
+    /// The payload's (names, addresses, profile texts), not the metadata's.
+    Payload,
+    /// The payload's and the metadata's (IP address, user agent).
+    All,
+}
+
+/// Opens the sealed personal values of `events` in place, as far as `opens` says: the keys of
+/// their subjects read in one statement and unwrapped once each, not one look-up per event. A
+/// person deleted (no key) reads as erased.
+pub async fn open_all(
+    conn: &mut PgConnection,
+    vault: &crate::pii::Vault,
+    opens: Opens,
+    events: &mut [StoredEvent],
+) -> sqlx::Result<()> {
+    open_all_with(conn, vault, opens, events, &mut HashMap::new()).await
+}
+
+/// [`open_all`] with the keys already fetched in `keys` (a rebuild reads a person's events over
+/// many batches): only the subjects not in it are read, and added. A person deleted while the
+/// keys are held reads as before until their `AccountDeleted`, which every read model applies.
+pub async fn open_all_with(
+    conn: &mut PgConnection,
+    vault: &crate::pii::Vault,
+    opens: Opens,
+    events: &mut [StoredEvent],
+    keys: &mut HashMap<uuid::Uuid, Option<crate::pii::DataKey>>,
+) -> sqlx::Result<()> {
+    if opens == Opens::Nothing {
+        return Ok(());
+    }
+    let sealed = |e: &StoredEvent| match opens {
+        Opens::All => crate::pii::holds_sealed_data(&e.payload, &e.metadata),
+        _ => crate::pii::holds_sealed_data(&e.payload, &serde_json::Value::Null),
+    };
+    let subject = |e: &StoredEvent| {
+        crate::pii::subject_in(&e.metadata)
+            .or_else(|| crate::pii::subject_of(&e.aggregate_type, &e.aggregate_id, &e.payload))
+    };
+    let mut wanted: Vec<uuid::Uuid> = Vec::new();
+    let mut owners: Vec<Option<uuid::Uuid>> = Vec::with_capacity(events.len());
+    for event in events.iter() {
+        let owner = if sealed(event) { subject(event) } else { None };
+        if let Some(owner) = owner {
+            if !keys.contains_key(&owner) {
+                wanted.push(owner);
+            }
+        }
+        owners.push(owner);
+    }
+    if !wanted.is_empty() {
+        wanted.sort_unstable();
+        wanted.dedup();
+        let rows: Vec<(uuid::Uuid, Option<Vec<u8>>)> =
+            sqlx::query_as("select user_id, wrapped from user_data_key where user_id = any($1)")
+                .bind(&wanted)
+                .fetch_all(conn)
+                .await?;
+        let found = vault.unwrap_all(rows);
+        for subject in wanted {
+            keys.insert(subject, found.get(&subject).cloned());
+        }
+    }
+    for (event, owner) in events.iter_mut().zip(owners) {
+        let Some(owner) = owner else {
+            continue;
+        };
+        let key = keys.get(&owner).and_then(Option::as_ref);
+        if opens == Opens::All {
+            crate::pii::open_with(key, owner, &mut event.payload, &mut event.metadata);
+        } else {
+            crate::pii::open_with(key, owner, &mut event.payload, &mut serde_json::Value::Null);
+        }
+    }
+    Ok(())
+}
+
 /// Where a reader has got to: the last event it handled, in `(transaction_id, position)` order.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Checkpoint {
@@ -146,15 +229,45 @@ pub const READ_AFTER: &str =
           order by events.transaction_id, events.global_position
           limit $3";
 
+/// [`READ_AFTER`] without the metadata, for readers that never read it ([`Opens::Payload`],
+/// [`Opens::Nothing`]): less to send and parse (an event's subject is then its account, or the
+/// `user_id` its payload names: [`crate::pii::subject_of`]).
+pub const READ_AFTER_WITHOUT_PERSONAL_METADATA: &str =
+    "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                '{}'::jsonb as metadata, global_position,
+                transaction_id::text as transaction_id, recorded_at
+           from events
+          where (transaction_id, global_position) > ($1::text::xid8, $2)
+            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by events.transaction_id, events.global_position
+          limit $3";
+
+/// [`read_after`] for a reader that opens `opens`: without the metadata's personal entries when
+/// it does not read them.
+pub async fn read_after_for(
+    conn: &mut PgConnection,
+    checkpoint: &Checkpoint,
+    limit: i64,
+    opens: Opens,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    let query = match opens {
+        Opens::All => READ_AFTER,
+        Opens::Payload | Opens::Nothing => READ_AFTER_WITHOUT_PERSONAL_METADATA,
+    };
+    sqlx::query_as(query)
+        .bind(&checkpoint.transaction_id)
+        .bind(checkpoint.position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
 /// `READ_AFTER` from the checkpoint of the reader `$1` as it is now (the start for a reader
 /// without one), without locking it, with that checkpoint on every row.
 pub const PEEK_AFTER: &str =
     "select e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
             e.payload, e.metadata, e.global_position, e.transaction_id::text as transaction_id,
-            e.recorded_at,
-            (select k.wrapped from user_data_key k
-              where k.user_id = (e.metadata ->> 'subject')::uuid) as data_key,
-            c.transaction_id::text as checkpoint_transaction_id,
+            e.recorded_at, c.transaction_id::text as checkpoint_transaction_id,
             c.position as checkpoint_position
        from (select transaction_id, position from reader_checkpoint where name = $1
              union all

@@ -243,19 +243,19 @@ async fn fill(
 ) -> anyhow::Result<u64> {
     let (batches, mut next) = tokio::sync::mpsc::channel::<Vec<StoredEvent>>(2);
     let reader_pool = pool.clone();
-    let vault = copy.vault().clone();
+    let (vault, opens) = (copy.vault().clone(), copy.opens());
     let read = tokio::spawn(async move {
+        let mut keys = std::collections::HashMap::new();
         let mut after = Checkpoint {
             transaction_id: "0".into(),
             position: 0,
         };
         loop {
             let mut conn = reader_pool.acquire().await?;
-            let mut events = reader::read_after(&mut conn, &after, REBUILD_BATCH).await?;
+            let mut events =
+                reader::read_after_for(&mut conn, &after, REBUILD_BATCH, opens).await?;
+            reader::open_all_with(&mut conn, &vault, opens, &mut events, &mut keys).await?;
             drop(conn);
-            for event in &mut events {
-                event.open(&vault);
-            }
             let Some(last) = events.last() else {
                 return anyhow::Ok(());
             };

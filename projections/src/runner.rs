@@ -43,6 +43,11 @@ pub trait Projector: Send + Sync {
     /// What opens the personal data of the events it reads.
     fn vault(&self) -> &crate::pii::Vault;
 
+    /// Which sealed values it needs opened (opening costs: only what is read is opened).
+    fn opens(&self) -> reader::Opens {
+        reader::Opens::All
+    }
+
     /// The same projector writing to `target`.
     fn retarget(&self, target: Target) -> Arc<dyn Projector>;
 
@@ -110,9 +115,7 @@ pub async fn run_batch_of(
     else {
         return Ok(0);
     };
-    for event in &mut events {
-        event.open(projector.vault());
-    }
+    reader::open_all(&mut tx, projector.vault(), projector.opens(), &mut events).await?;
     projector.apply_batch(&mut tx, &events).await?;
     if let Some(last) = events.last() {
         reader::save_checkpoint(&mut tx, projector.name(), &Checkpoint::after(last)).await?;
@@ -251,9 +254,12 @@ pub async fn run_group_batch(
         tx.commit().await?;
         return Ok(0);
     };
-    for event in &mut events {
-        event.open(first.vault());
-    }
+    let opens = group
+        .iter()
+        .map(|p| p.opens())
+        .max()
+        .unwrap_or(reader::Opens::All);
+    reader::open_all(&mut tx, first.vault(), opens, &mut events).await?;
     let mut saved: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     for (name, txid, pos) in &locked {
         let Some(projector) = group.iter().find(|p| p.name() == name) else {
