@@ -170,7 +170,9 @@ impl Projector for ProfileProjector {
     }
 
     fn opens(&self) -> crate::reader::Opens {
-        crate::reader::Opens::Payload
+        // The only personal values it reads: the registration's name and address, the profile
+        // texts.
+        crate::reader::Opens::Payload(&["Registered", "ProfileUpdated"])
     }
 
     async fn apply_batch(

@@ -86,8 +86,9 @@ impl StoredEvent {
 pub enum Opens {
     /// None: it reads no personal data (e.g. activity counts ids only).
     Nothing,
-    /// The payload's (names, addresses, profile texts), not the metadata's.
-    Payload,
+    /// The payload's (names, addresses, profile texts) of the events of these types only, not
+    /// the metadata's.
+    Payload(&'static [&'static str]),
     /// The payload's and the metadata's (IP address, user agent).
     All,
 }
@@ -119,7 +120,11 @@ pub async fn open_all_with(
     }
     let sealed = |e: &StoredEvent| match opens {
         Opens::All => crate::pii::holds_sealed_data(&e.payload, &e.metadata),
-        _ => crate::pii::holds_sealed_data(&e.payload, &serde_json::Value::Null),
+        Opens::Payload(types) => {
+            types.contains(&e.event_type.as_str())
+                && crate::pii::holds_sealed_data(&e.payload, &serde_json::Value::Null)
+        }
+        Opens::Nothing => false,
     };
     let subject = |e: &StoredEvent| {
         crate::pii::subject_in(&e.metadata)
@@ -252,7 +257,7 @@ pub async fn read_after_for(
 ) -> sqlx::Result<Vec<StoredEvent>> {
     let query = match opens {
         Opens::All => READ_AFTER,
-        Opens::Payload | Opens::Nothing => READ_AFTER_WITHOUT_PERSONAL_METADATA,
+        Opens::Payload(_) | Opens::Nothing => READ_AFTER_WITHOUT_PERSONAL_METADATA,
     };
     sqlx::query_as(query)
         .bind(&checkpoint.transaction_id)
