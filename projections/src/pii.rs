@@ -50,43 +50,36 @@ pub struct DataKey(Arc<XChaCha20Poly1305>);
 
 impl DataKey {
     fn seal(&self, subject: Uuid, field: &str, plain: &str) -> String {
-        let mut nonce = [0u8; NONCE];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let aad = associated(subject, field);
-        // Encryption with a valid key and nonce cannot fail.
-        let sealed = self
-            .0
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plain.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut bytes = nonce.to_vec();
-        bytes.extend_from_slice(&sealed);
-        format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(bytes))
+        let sealed = seal_bytes(&self.0, &associated(subject, field), plain.as_bytes());
+        format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(sealed))
     }
 
     fn open(&self, subject: Uuid, field: &str, sealed: &str) -> Option<String> {
         let bytes = URL_SAFE_NO_PAD.decode(sealed.strip_prefix(SEALED)?).ok()?;
-        if bytes.len() < NONCE + TAG {
-            return None;
-        }
-        let (nonce, body) = bytes.split_at(NONCE);
-        let plain = self
-            .0
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &associated(subject, field),
-                },
-            )
-            .ok()?;
-        String::from_utf8(plain).ok()
+        String::from_utf8(open_bytes(&self.0, &associated(subject, field), &bytes)?).ok()
     }
+}
+
+/// `nonce ‖ ciphertext` of `msg` under `cipher` with a random 24-byte nonce and `aad` bound to it.
+pub fn seal_bytes(cipher: &XChaCha20Poly1305, aad: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    // Encryption with a valid key and nonce cannot fail.
+    let sealed = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg, aad })
+        .unwrap_or_default();
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// What [`seal_bytes`] sealed under `cipher` and `aad`; `None` for anything else.
+pub fn open_bytes(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE + TAG {
+        return None;
+    }
+    let (nonce, msg) = sealed.split_at(NONCE);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg, aad })
+        .ok()
 }
 
 fn associated(subject: Uuid, field: &str) -> Vec<u8> {
@@ -149,39 +142,13 @@ impl Vault {
     /// A new data key for `subject`: the key, and its wrapped form for `user_data_key`.
     pub fn new_data_key(&self, subject: Uuid) -> (DataKey, Vec<u8>) {
         let key = XChaCha20Poly1305::generate_key(&mut rand::rngs::OsRng);
-        let mut nonce = [0u8; NONCE];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let wrapped = self
-            .kek
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: key.as_slice(),
-                    aad: subject.as_bytes(),
-                },
-            )
-            .unwrap_or_default();
-        let mut bytes = nonce.to_vec();
-        bytes.extend_from_slice(&wrapped);
-        (DataKey(Arc::new(XChaCha20Poly1305::new(&key))), bytes)
+        let wrapped = seal_bytes(&self.kek, subject.as_bytes(), key.as_slice());
+        (DataKey(Arc::new(XChaCha20Poly1305::new(&key))), wrapped)
     }
 
     /// Unwraps a stored data key (`None` if it is not one of this key-encryption key's).
     pub fn unwrap_key(&self, subject: Uuid, wrapped: &[u8]) -> Option<DataKey> {
-        if wrapped.len() < NONCE + TAG {
-            return None;
-        }
-        let (nonce, body) = wrapped.split_at(NONCE);
-        let key = self
-            .kek
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: subject.as_bytes(),
-                },
-            )
-            .ok()?;
+        let key = open_bytes(&self.kek, subject.as_bytes(), wrapped)?;
         (key.len() == 32).then(|| DataKey(Arc::new(XChaCha20Poly1305::new(key.as_slice().into()))))
     }
 
@@ -251,39 +218,15 @@ impl Vault {
     /// Seals a short text under the key-encryption key itself, for `subject`'s farewell mail
     /// (`erasure_notice`): it outlives the data key by the minutes the mailer needs.
     pub fn seal_notice(&self, subject: Uuid, text: &str) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let aad = associated(subject, "erasure notice");
-        let sealed = self
-            .kek
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: text.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut bytes = nonce.to_vec();
-        bytes.extend_from_slice(&sealed);
-        bytes
+        seal_bytes(
+            &self.kek,
+            &associated(subject, "erasure notice"),
+            text.as_bytes(),
+        )
     }
 
     pub fn open_notice(&self, subject: Uuid, sealed: &[u8]) -> Option<String> {
-        if sealed.len() < NONCE + TAG {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(NONCE);
-        let plain = self
-            .kek
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &associated(subject, "erasure notice"),
-                },
-            )
-            .ok()?;
+        let plain = open_bytes(&self.kek, &associated(subject, "erasure notice"), sealed)?;
         String::from_utf8(plain).ok()
     }
 

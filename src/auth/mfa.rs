@@ -5,8 +5,8 @@
 //! TOTP secrets (XChaCha20-Poly1305, the enrolment id as associated data, so a secret copied
 //! to another enrolment's row does not decrypt) and keys the recovery codes' HMAC.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::KeyInit;
+use chacha20poly1305::XChaCha20Poly1305;
 use hmac::{Hmac, Mac};
 use rand::{Rng, RngCore};
 use sha2::Sha256;
@@ -74,33 +74,19 @@ impl SecondFactorKeys {
     /// `nonce || ciphertext` of `secret`, bound to `enrolment_id`.
     pub fn seal(&self, enrolment_id: Uuid, secret: &[u8]) -> anyhow::Result<Vec<u8>> {
         let cipher = XChaCha20Poly1305::new((&self.key).into());
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret,
-                    aad: enrolment_id.as_bytes(),
-                },
-            )
-            .map_err(|_| anyhow::anyhow!("cannot encrypt a TOTP secret"))?;
-        Ok([nonce.as_slice(), &sealed].concat())
+        Ok(projections::pii::seal_bytes(
+            &cipher,
+            enrolment_id.as_bytes(),
+            secret,
+        ))
     }
 
     /// The secret [`SecondFactorKeys::seal`] sealed for `enrolment_id`.
     pub fn open(&self, enrolment_id: Uuid, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
         anyhow::ensure!(sealed.len() > 24, "a sealed TOTP secret is too short");
-        let (nonce, ciphertext) = sealed.split_at(24);
-        XChaCha20Poly1305::new((&self.key).into())
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: enrolment_id.as_bytes(),
-                },
-            )
-            .map_err(|_| anyhow::anyhow!("a TOTP secret does not decrypt under MFA_KEY_FILE"))
+        let cipher = XChaCha20Poly1305::new((&self.key).into());
+        projections::pii::open_bytes(&cipher, enrolment_id.as_bytes(), sealed)
+            .ok_or_else(|| anyhow::anyhow!("a TOTP secret does not decrypt under MFA_KEY_FILE"))
     }
 
     /// The keyed hash a recovery code is stored and looked up under.
