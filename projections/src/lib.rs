@@ -1,7 +1,8 @@
 //! Read models, derived from the event store and rebuildable from it.
 //!
 //! - [`reader`]: the checkpointed reader of ARCHITECTURE.md §6 (`StoredEvent`, checkpoints).
-//! - [`runner`]: the [`Projector`] trait and the loop that drives one projector.
+//! - [`runner`]: the [`Projector`] trait, catch-ups, and the loop that drives the projectors as
+//!   one group.
 //! - [`profile`]: the profile read model (also what token checks read).
 //! - [`history`]: the user-history read model.
 //! - [`activity`]: active users per day, week and month, for the analysts' views.
@@ -22,7 +23,7 @@ pub mod rebuild;
 pub mod runner;
 
 pub use reader::{Checkpoint, StoredEvent};
-pub use runner::{catch_up, run, run_group, CatchUpGate, Projector, Target};
+pub use runner::{catch_up, run_group, CatchUpGate, Projector, Target};
 
 /// Every projector this crate provides, in a stable order, opening personal data with `vault`.
 pub fn all(vault: &pii::Vault) -> Vec<std::sync::Arc<dyn Projector>> {

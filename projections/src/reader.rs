@@ -19,23 +19,9 @@ pub struct StoredEvent {
     /// `xid8` as text: sqlx 0.8 has no type for it.
     pub transaction_id: String,
     pub recorded_at: DateTime<Utc>,
-    /// The subject's wrapped data key, fetched with the event (`None`: destroyed, or the event
-    /// seals nothing). See [`crate::pii`].
-    #[sqlx(default)]
-    pub data_key: Option<Vec<u8>>,
 }
 
 impl StoredEvent {
-    /// Opens the event's sealed personal values in place (erased ones read as empty).
-    pub fn open(&mut self, vault: &crate::pii::Vault) {
-        vault.open_event(
-            self.data_key.as_deref(),
-            &mut self.payload,
-            &mut self.metadata,
-        );
-        self.data_key = None;
-    }
-
     /// The id a consumer dedupes on: `<aggregate_type>:<aggregate_id>:<sequence>`.
     pub fn event_id(&self) -> String {
         format!(

@@ -91,15 +91,7 @@ pub trait Projector: Send + Sync {
 
 /// Handles one batch; returns how many events it applied.
 pub async fn run_batch(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
-    run_batch_after(pool, projector, Look::First).await
-}
-
-pub async fn run_batch_after(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    look: Look,
-) -> anyhow::Result<usize> {
-    run_batch_of(pool, projector, look, BATCH_SIZE).await
+    run_batch_of(pool, projector, Look::First, BATCH_SIZE).await
 }
 
 /// Handles one batch of at most `size` events (a rebuild reads larger ones than the live loop).
@@ -124,20 +116,11 @@ pub async fn run_batch_of(
     Ok(events.len())
 }
 
+/// Applies every event the projector has not applied yet, batch by batch.
 pub async fn catch_up(pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<usize> {
-    catch_up_after(pool, projector, Look::First).await
-}
-
-/// [`catch_up`], the first batch with `look`.
-pub async fn catch_up_after(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    mut look: Look,
-) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let applied = run_batch_after(pool, projector, look).await?;
-        look = Look::First;
+        let applied = run_batch(pool, projector).await?;
         total += applied;
         if applied < BATCH_SIZE as usize {
             return Ok(total);
@@ -161,16 +144,6 @@ pub struct CatchUpGate {
 impl CatchUpGate {
     /// Returns once a catch-up that started after this call has run (this one or another).
     pub async fn catch_up(&self, pool: &PgPool, projector: &dyn Projector) -> anyhow::Result<()> {
-        self.catch_up_after(pool, projector, Look::First).await
-    }
-
-    /// [`CatchUpGate::catch_up`], the first batch with `look`.
-    pub async fn catch_up_after(
-        &self,
-        pool: &PgPool,
-        projector: &dyn Projector,
-        look: Look,
-    ) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let mut covered = self.covered.lock().await;
@@ -179,7 +152,7 @@ impl CatchUpGate {
         }
         // Every ticket up to here was taken before this catch-up starts reading.
         let upto = self.tickets.load(Ordering::SeqCst);
-        catch_up_after(pool, projector, look).await?;
+        catch_up(pool, projector).await?;
         *covered = upto;
         Ok(())
     }
@@ -321,40 +294,6 @@ pub async fn run_group(
                 if changed.is_err() {
                     tokio::time::sleep(poll).await;
                 } else {
-                    look = Look::Skip;
-                    tokio::time::sleep(COALESCE).await;
-                }
-            }
-            _ = tokio::time::sleep(poll) => {}
-        }
-    }
-}
-
-/// Runs a projector until `shutdown`: catches up whenever `wake` changes and every `poll`,
-/// through `gate`, which it shares with the requests that catch up for read-your-writes (so a
-/// wake-up that a request's catch-up already covered costs nothing).
-/// Errors are logged and retried after `poll`: a read model lags, it never stops for good.
-pub async fn run(
-    pool: PgPool,
-    projector: Arc<dyn Projector>,
-    gate: Arc<CatchUpGate>,
-    mut wake: watch::Receiver<u64>,
-    poll: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut look = Look::First;
-    loop {
-        if let Err(error) = gate.catch_up_after(&pool, projector.as_ref(), look).await {
-            tracing::warn!(projector = projector.name(), error = %error, "projector batch failed");
-        }
-        look = Look::First;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = wake.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep(poll).await;
-                } else {
-                    // Woken by an append: there is something to read.
                     look = Look::Skip;
                     tokio::time::sleep(COALESCE).await;
                 }

@@ -166,36 +166,30 @@ pub(crate) async fn open_event(
             ApiError::NotAuthenticated
         });
     }
-    let mut payload = Value::Object(Map::from_iter([(
-        event.event_type.clone(),
-        Value::Object(event.data),
-    )]));
+    let mut data = Value::Object(event.data);
     let mut metadata = Value::Object(event.metadata);
     if let Some(subject) = pii::subject_in(&metadata) {
-        // A deleted person's row is a tombstone without a key.
-        let wrapped: Option<Vec<u8>> = sqlx::query_scalar::<_, Option<Vec<u8>>>(
-            "select wrapped from user_data_key where user_id = $1",
+        let sealed = pii::holds_sealed_data(
+            &Value::Object(Map::from_iter([(event.event_type.clone(), data.clone())])),
+            &metadata,
+        );
+        let kept = erasure::open_published(
+            &state.pool,
+            &state.vault,
+            subject,
+            &event.event_type,
+            &mut data,
+            &mut metadata,
         )
-        .bind(subject)
-        .fetch_optional(&state.pool)
-        .await?
-        .flatten();
-        let sealed = pii::holds_sealed_data(&payload, &metadata);
-        if wrapped.is_none() && sealed {
+        .await?;
+        if sealed && !kept {
             return Err(ApiError::detail(
                 StatusCode::GONE,
                 "erased",
                 "This person's account was deleted: their data no longer opens.",
             ));
         }
-        state
-            .vault
-            .open_event(wrapped.as_deref(), &mut payload, &mut metadata);
     }
-    let data = match payload {
-        Value::Object(mut outer) => outer.remove(&event.event_type).unwrap_or_default(),
-        other => other,
-    };
     Ok(Json(OpenedEvent {
         event_type: event.event_type,
         data,

@@ -46,7 +46,7 @@ pub struct AppState {
 impl AppState {
     /// Read-your-writes: returns once every read model has applied the event `sequence` of the
     /// stream. The request catches the projectors up itself (an `api`-only process has no
-    /// background projectors to wait for), through the gate it shares with the background ones:
+    /// background projectors to wait for), through a gate the requests of this process share:
     /// one catch-up serves every request that was waiting.
     ///
     /// Returns whether they all showed it in time (a lagging read model is logged, not an error).

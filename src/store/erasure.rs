@@ -98,6 +98,35 @@ pub async fn delete_account(
     }
 }
 
+/// Opens a published event's `data` and `metadata` (as a worker receives them) in place with the
+/// data key `subject` has now, read at this moment and never cached, so a deleted person's values
+/// read as empty. Whether `subject` still has a key.
+pub async fn open_published(
+    pool: &PgPool,
+    vault: &Vault,
+    subject: Uuid,
+    event_type: &str,
+    data: &mut Value,
+    metadata: &mut Value,
+) -> sqlx::Result<bool> {
+    // A deleted person's row is a tombstone without a key.
+    let wrapped: Option<Vec<u8>> = sqlx::query_scalar::<_, Option<Vec<u8>>>(
+        "select wrapped from user_data_key where user_id = $1",
+    )
+    .bind(subject)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    let key = wrapped.and_then(|w| vault.unwrap_key(subject, &w));
+    let mut payload = json!({ event_type: data.take() });
+    pii::open_with(key.as_ref(), subject, &mut payload, metadata);
+    *data = payload
+        .get_mut(event_type)
+        .map(Value::take)
+        .unwrap_or_default();
+    Ok(key.is_some())
+}
+
 /// How far `accounts erasure migrate` got.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

@@ -17,9 +17,7 @@ pub async fn user_as_of(
 ) -> anyhow::Result<Option<User>> {
     let mut events: Vec<StoredEvent> = sqlx::query_as(
         "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
-                (select k.wrapped from user_data_key k
-                  where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at
            from events
           where aggregate_type = 'User' and aggregate_id = $1 and recorded_at <= $2
           order by sequence",
@@ -28,10 +26,17 @@ pub async fn user_as_of(
     .bind(at)
     .fetch_all(pool)
     .await?;
+    // A deleted person's events open with nothing personal in them.
+    let mut conn = pool.acquire().await?;
+    projections::reader::open_all(
+        &mut conn,
+        vault,
+        projections::reader::Opens::All,
+        &mut events,
+    )
+    .await?;
     let mut user = User::default();
-    for event in &mut events {
-        // A deleted person's events open with nothing personal in them.
-        event.open(vault);
+    for event in &events {
         user.apply(event.decode::<UserEvent>()?);
     }
     Ok(user.is_registered().then_some(user))

@@ -100,41 +100,6 @@ async fn the_analyst_is_refused_everything_outside_the_analytics_schema() {
     }
 }
 
-/// Every row of the two read models, in a stable order, without bookkeeping columns.
-async fn read_models(pool: &PgPool) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let profiles = sqlx::query_scalar(
-        "select row(user_id, username, email, is_active, date_joined, last_login, country, profession,
-                    bio, thoughts, profile_img, token_epoch, version)::text from profile order by user_id",
-    )
-    .fetch_all(pool).await.unwrap();
-    let history = sqlx::query_scalar(
-        "select row(user_id, position, event, occurred_at, ip, user_agent, details)::text
-           from user_history order by position",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let activity = sqlx::query_scalar(
-        "select row(kind, period, user_id, users)::text from user_activity order by 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    (profiles, history, activity)
-}
-
-async fn caught_up(app: &TestApp) {
-    eventually(|| async {
-        projections::rebuild::status(&app.pool)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.name != "relay")
-            .all(|r| r.behind == 0)
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_rebuilt_read_model_equals_the_live_one() {
     let app = TestApp::spawn().await;

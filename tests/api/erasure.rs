@@ -93,35 +93,6 @@ fn assert_none_of(person: &Person, text: &str, where_: &str) {
     }
 }
 
-async fn caught_up(app: &TestApp) {
-    eventually(|| async {
-        projections::rebuild::status(&app.pool)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.name != "relay")
-            .all(|r| r.behind == 0)
-    })
-    .await;
-}
-
-/// The read models as text, in a stable order.
-async fn read_models(pool: &PgPool) -> Vec<String> {
-    let mut all = Vec::new();
-    for query in [
-        "select row(user_id, username, email, is_active, date_joined, last_login, country,
-                    profession, bio, thoughts, profile_img, token_epoch, version, deleted_at)::text
-           from profile order by user_id",
-        "select row(user_id, position, event, occurred_at, ip, user_agent, details)::text
-           from user_history order by position",
-        "select row(kind, period, user_id, users)::text from user_activity order by 1",
-    ] {
-        let rows: Vec<String> = sqlx::query_scalar(query).fetch_all(pool).await.unwrap();
-        all.extend(rows);
-    }
-    all
-}
-
 /// An API process on the app's database and stream, logging at debug level to `log`.
 async fn logging_api(app: &TestApp, log: &std::path::Path) -> (Proc, String) {
     let port = free_port();

@@ -174,20 +174,15 @@ impl Mailer {
         } else {
             uuid::Uuid::nil()
         };
-        let wrapped: Option<Vec<u8>> = sqlx::query_scalar::<_, Option<Vec<u8>>>(
-            "select wrapped from user_data_key where user_id = $1",
+        crate::store::erasure::open_published(
+            &self.pool,
+            &self.vault,
+            subject,
+            &event.event_type,
+            &mut event.data,
+            &mut event.metadata,
         )
-        .bind(subject)
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
-        let mut payload = serde_json::json!({ event.event_type.clone(): event.data.take() });
-        self.vault
-            .open_event(wrapped.as_deref(), &mut payload, &mut event.metadata);
-        event.data = payload
-            .get_mut(&event.event_type)
-            .map(Value::take)
-            .unwrap_or_default();
+        .await?;
         Ok(())
     }
 

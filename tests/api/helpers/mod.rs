@@ -48,18 +48,21 @@ impl TestApp {
         let mut events: Vec<projections::StoredEvent> = sqlx::query_as(&format!(
             "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                     metadata, global_position, transaction_id::text as transaction_id,
-                    recorded_at,
-                    (select k.wrapped from user_data_key k
-                      where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
+                    recorded_at
                from events where {condition} order by global_position"
         ))
         .fetch_all(&self.pool)
         .await
         .unwrap();
-        let vault = self.vault();
-        for event in &mut events {
-            event.open(&vault);
-        }
+        let mut conn = self.pool.acquire().await.unwrap();
+        projections::reader::open_all(
+            &mut conn,
+            &self.vault(),
+            projections::reader::Opens::All,
+            &mut events,
+        )
+        .await
+        .unwrap();
         events
     }
 }
@@ -493,4 +496,41 @@ pub fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
         std::fs::write(&marker, wanted).unwrap();
     }
     venv
+}
+
+/// Every row of the read models (profile, history, activity), in a stable order, without
+/// bookkeeping columns.
+pub async fn read_models(pool: &PgPool) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let profiles = sqlx::query_scalar(
+        "select row(user_id, username, email, is_active, date_joined, last_login, country, profession,
+                    bio, thoughts, profile_img, token_epoch, version, deleted_at)::text from profile order by user_id",
+    )
+    .fetch_all(pool).await.unwrap();
+    let history = sqlx::query_scalar(
+        "select row(user_id, position, event, occurred_at, ip, user_agent, details)::text
+           from user_history order by position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let activity = sqlx::query_scalar(
+        "select row(kind, period, user_id, users)::text from user_activity order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (profiles, history, activity)
+}
+
+/// Waits until every projector (not the relay) has applied every event.
+pub async fn caught_up(app: &TestApp) {
+    eventually(|| async {
+        projections::rebuild::status(&app.pool)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.name != "relay")
+            .all(|r| r.behind == 0)
+    })
+    .await;
 }
