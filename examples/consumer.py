@@ -12,11 +12,11 @@ the Rust example (examples/consumer.rs) does. Copy it to start a worker of your 
 - With --schemas DIR, each event's `data` is checked against DIR/<aggregate_type>/<type>.json
   (docs/schemas; needs the `jsonschema` package), and the worker stops at the first mismatch.
   The data is checked as published (personal values sealed).
-- Personal values arrive sealed (`pii:v1:...`, docs/EVENTS.md). With --open-url and a worker
-  token (--worker-token or WORKER_TOKEN), each event holding any is opened through the service
-  before it is handled. A 410 answer means the person was deleted: the event is handled as
-  `erased` (its line ends in `erased` instead of the data) and the worker forgets the person, as
-  for AccountDeleted. Without --open-url the values stay sealed.
+- Personal values arrive sealed (`pii:v2:...`, or `pii:v1:...` in older events; docs/EVENTS.md).
+  With --open-url and a worker token (--worker-token or WORKER_TOKEN), each event holding any is
+  opened through the service before it is handled. A 410 answer means the person was deleted:
+  the event is handled as `erased` (its line ends in `erased` instead of the data) and the worker
+  forgets the person, as for AccountDeleted. Without --open-url the values stay sealed.
 - AccountDeleted: the worker deletes what it copied of the person (see forget_person). The
   ordering state stays: it holds nothing personal, and it keeps late duplicates out.
 
@@ -38,7 +38,7 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-SEALED = "pii:v1:"
+SEALED = "pii:v"  # pii:v2: now, pii:v1: in older events
 
 
 def parse_args():
@@ -88,7 +88,7 @@ def schema_checker(directory):
 
 
 def holds_sealed(value):
-    """Whether a sealed value (`pii:v1:...`) is anywhere in value."""
+    """Whether a sealed value (`pii:v2:...`, `pii:v1:...`) is anywhere in value."""
     if isinstance(value, str):
         return value.startswith(SEALED)
     if isinstance(value, list):

@@ -13,11 +13,11 @@
 //!   to `<prefix>.user.>` / `<prefix>.session.>` (or `<prefix>.>`), not to single event types
 //!   (with those, run with `--max-ack-pending 1` instead: strict stream order). Here the state is
 //!   in memory; a real worker records it in its own store, in the same transaction as its effects.
-//! - Personal values arrive sealed (`pii:v1:...`, docs/EVENTS.md). With `--open-url` and a worker
-//!   token (`--worker-token` or `WORKER_TOKEN`), each event holding any is opened through the
-//!   service before it is handled. A 410 answer means the person was deleted: the event is handled
-//!   as `erased` (its line ends in `erased` instead of the data) and the worker forgets the person,
-//!   as for `AccountDeleted`. Without `--open-url` the values stay sealed. This build of reqwest
+//! - Personal values arrive sealed (`pii:v2:...`, or `pii:v1:...` in older events; docs/EVENTS.md).
+//!   With `--open-url` and a worker token (`--worker-token` or `WORKER_TOKEN`), each event
+//!   holding any is opened through the service before it is handled. A 410 answer means the
+//!   person was deleted: the event is handled as `erased` (its line ends in `erased` instead of
+//!   the data) and the worker forgets the person, as for `AccountDeleted`. Without `--open-url` the values stay sealed. This build of reqwest
 //!   has no TLS: use an `http://` URL inside your network, or enable a TLS feature of reqwest.
 //! - `AccountDeleted`: the worker deletes what it copied of the person (see `forget_person`).
 //!   The ordering state stays: it holds nothing personal, and it keeps late duplicates out.
@@ -101,11 +101,12 @@ impl Event {
         subject.or(own).map(str::to_owned)
     }
 
-    /// Whether the event holds a sealed value (`pii:v1:...`) in its data or metadata.
+    /// Whether the event holds a sealed value (`pii:v2:...`, `pii:v1:...`) in its data or
+    /// metadata.
     fn holds_sealed(&self) -> bool {
         fn sealed(value: &Value) -> bool {
             match value {
-                Value::String(text) => text.starts_with("pii:v1:"),
+                Value::String(text) => text.starts_with("pii:v"),
                 Value::Array(items) => items.iter().any(sealed),
                 Value::Object(fields) => fields.values().any(sealed),
                 _ => false,

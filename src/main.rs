@@ -5,6 +5,9 @@ use accounts::{startup, telemetry, Application, Roles, Settings};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "accounts",

@@ -7,6 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The service binary's allocator (src/main.rs), for the benches that run the service or its
+/// projectors in their own process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub struct BenchApp {
     pub address: String,
     pub settings: Settings,

@@ -346,6 +346,15 @@ impl Projector for HistoryProjector {
         })
     }
 
+    fn opens(&self) -> crate::reader::Opens {
+        // The personal values it reads: the registration's name and address, and every event's
+        // IP address and user agent (not the profile texts: only which fields changed).
+        crate::reader::Opens::Read {
+            types: Some(&["Registered"]),
+            metadata: true,
+        }
+    }
+
     fn vault(&self) -> &crate::pii::Vault {
         &self.vault
     }

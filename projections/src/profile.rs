@@ -172,7 +172,10 @@ impl Projector for ProfileProjector {
     fn opens(&self) -> crate::reader::Opens {
         // The only personal values it reads: the registration's name and address, the profile
         // texts.
-        crate::reader::Opens::Payload(&["Registered", "ProfileUpdated"])
+        crate::reader::Opens::Read {
+            types: Some(&["Registered", "ProfileUpdated"]),
+            metadata: false,
+        }
     }
 
     async fn apply_batch(

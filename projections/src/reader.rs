@@ -67,16 +67,63 @@ impl StoredEvent {
     }
 }
 
-/// Which sealed values a reader opens (see [`crate::pii`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Which sealed values a reader opens (see [`crate::pii`]): opening costs, so only what is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opens {
     /// None: it reads no personal data (e.g. activity counts ids only).
     Nothing,
-    /// The payload's (names, addresses, profile texts) of the events of these types only, not
-    /// the metadata's.
-    Payload(&'static [&'static str]),
-    /// The payload's and the metadata's (IP address, user agent).
+    /// What a read model reads: the payload's values (names, addresses, profile texts) of the
+    /// events of `types` (`None`: of every type) but never the canonical forms
+    /// ([`crate::pii::CANONICAL_FIELDS`]), and the metadata's (IP address, user agent) if
+    /// `metadata`.
+    Read {
+        types: Option<&'static [&'static str]>,
+        metadata: bool,
+    },
+    /// Every one, in the payload and the metadata (the aggregate, time travel).
     All,
+}
+
+impl Opens {
+    /// What opens enough for both `self` and `other` (the readers of one batch).
+    pub fn and(self, other: Opens) -> Opens {
+        match (self, other) {
+            (Opens::Nothing, other) | (other, Opens::Nothing) => other,
+            (Opens::All, _) | (_, Opens::All) => Opens::All,
+            (
+                Opens::Read {
+                    types: a,
+                    metadata: m,
+                },
+                Opens::Read {
+                    types: b,
+                    metadata: n,
+                },
+            ) => {
+                let covers = |wide: Option<&[&str]>, narrow: Option<&[&str]>| match (wide, narrow) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(wide), Some(narrow)) => narrow.iter().all(|t| wide.contains(t)),
+                };
+                let types = if covers(a, b) {
+                    a
+                } else if covers(b, a) {
+                    b
+                } else {
+                    None
+                };
+                Opens::Read {
+                    types,
+                    metadata: m || n,
+                }
+            }
+        }
+    }
+
+    /// Whether the metadata's personal entries are read.
+    pub fn metadata(self) -> bool {
+        matches!(self, Opens::All | Opens::Read { metadata: true, .. })
+    }
 }
 
 /// Opens the sealed personal values of `events` in place, as far as `opens` says: the keys of
@@ -101,16 +148,23 @@ pub async fn open_all_with(
     events: &mut [StoredEvent],
     keys: &mut HashMap<uuid::Uuid, Option<crate::pii::DataKey>>,
 ) -> sqlx::Result<()> {
-    if opens == Opens::Nothing {
-        return Ok(());
-    }
-    let sealed = |e: &StoredEvent| match opens {
-        Opens::All => crate::pii::holds_sealed_data(&e.payload, &e.metadata),
-        Opens::Payload(types) => {
-            types.contains(&e.event_type.as_str())
-                && crate::pii::holds_sealed_data(&e.payload, &serde_json::Value::Null)
-        }
-        Opens::Nothing => false,
+    let null = serde_json::Value::Null;
+    // Which of an event's parts are opened: its payload, its metadata.
+    let parts = |e: &StoredEvent| match opens {
+        Opens::Nothing => (false, false),
+        Opens::All => (true, true),
+        Opens::Read { types, metadata } => (
+            types.is_none_or(|types| types.contains(&e.event_type.as_str())),
+            metadata,
+        ),
+    };
+    let sealed = |e: &StoredEvent| {
+        let (payload, metadata) = parts(e);
+        (payload || metadata)
+            && crate::pii::holds_sealed_data(
+                if payload { &e.payload } else { &null },
+                if metadata { &e.metadata } else { &null },
+            )
     };
     let subject = |e: &StoredEvent| {
         crate::pii::subject_in(&e.metadata)
@@ -145,10 +199,22 @@ pub async fn open_all_with(
             continue;
         };
         let key = keys.get(&owner).and_then(Option::as_ref);
-        if opens == Opens::All {
-            crate::pii::open_with(key, owner, &mut event.payload, &mut event.metadata);
+        let (payload, metadata) = parts(event);
+        let mut none = (serde_json::Value::Null, serde_json::Value::Null);
+        let payload = if payload {
+            &mut event.payload
         } else {
-            crate::pii::open_with(key, owner, &mut event.payload, &mut serde_json::Value::Null);
+            &mut none.0
+        };
+        let metadata = if metadata {
+            &mut event.metadata
+        } else {
+            &mut none.1
+        };
+        if opens == Opens::All {
+            crate::pii::open_with(key, owner, payload, metadata);
+        } else {
+            crate::pii::open_for_reading(key, owner, payload, metadata);
         }
     }
     Ok(())
@@ -211,17 +277,14 @@ pub async fn save_checkpoint(
 /// defeats the index.
 pub const READ_AFTER: &str =
     "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, global_position, transaction_id::text as transaction_id, recorded_at,
-                (select k.wrapped from user_data_key k
-                  where k.user_id = (events.metadata ->> 'subject')::uuid) as data_key
+                metadata, global_position, transaction_id::text as transaction_id, recorded_at
            from events
           where (transaction_id, global_position) > ($1::text::xid8, $2)
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
           order by events.transaction_id, events.global_position
           limit $3";
 
-/// [`READ_AFTER`] without the metadata, for readers that never read it ([`Opens::Payload`],
-/// [`Opens::Nothing`]): less to send and parse (an event's subject is then its account, or the
+/// [`READ_AFTER`] without the metadata, for readers that never read it: less to send and parse (an event's subject is then its account, or the
 /// `user_id` its payload names: [`crate::pii::subject_of`]).
 pub const READ_AFTER_WITHOUT_PERSONAL_METADATA: &str =
     "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
@@ -241,9 +304,10 @@ pub async fn read_after_for(
     limit: i64,
     opens: Opens,
 ) -> sqlx::Result<Vec<StoredEvent>> {
-    let query = match opens {
-        Opens::All => READ_AFTER,
-        Opens::Payload(_) | Opens::Nothing => READ_AFTER_WITHOUT_PERSONAL_METADATA,
+    let query = if opens.metadata() {
+        READ_AFTER
+    } else {
+        READ_AFTER_WITHOUT_PERSONAL_METADATA
     };
     sqlx::query_as(query)
         .bind(&checkpoint.transaction_id)

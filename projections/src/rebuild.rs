@@ -241,30 +241,45 @@ async fn fill(
     bulk: bool,
     progress: &mut impl FnMut(u64),
 ) -> anyhow::Result<u64> {
+    // Three stages, each on a task of its own, so that reading a batch, opening the one before
+    // and applying the one before that overlap: the reader's and the applier's statements keep
+    // Postgres busy while the opener decrypts.
+    let (read_batches, mut to_open) = tokio::sync::mpsc::channel::<Vec<StoredEvent>>(2);
     let (batches, mut next) = tokio::sync::mpsc::channel::<Vec<StoredEvent>>(2);
     let reader_pool = pool.clone();
-    let (vault, opens) = (copy.vault().clone(), copy.opens());
+    let opens = copy.opens();
     let read = tokio::spawn(async move {
-        let mut keys = std::collections::HashMap::new();
         let mut after = Checkpoint {
             transaction_id: "0".into(),
             position: 0,
         };
         loop {
             let mut conn = reader_pool.acquire().await?;
-            let mut events =
-                reader::read_after_for(&mut conn, &after, REBUILD_BATCH, opens).await?;
-            reader::open_all_with(&mut conn, &vault, opens, &mut events, &mut keys).await?;
+            let events = reader::read_after_for(&mut conn, &after, REBUILD_BATCH, opens).await?;
             drop(conn);
             let Some(last) = events.last() else {
                 return anyhow::Ok(());
             };
             after = Checkpoint::after(last);
             let full = events.len() as i64 == REBUILD_BATCH;
-            if batches.send(events).await.is_err() || !full {
+            if read_batches.send(events).await.is_err() || !full {
                 return Ok(());
             }
         }
+    });
+    let opener_pool = pool.clone();
+    let vault = copy.vault().clone();
+    let open = tokio::spawn(async move {
+        let mut keys = std::collections::HashMap::new();
+        while let Some(mut events) = to_open.recv().await {
+            let mut conn = opener_pool.acquire().await?;
+            reader::open_all_with(&mut conn, &vault, opens, &mut events, &mut keys).await?;
+            drop(conn);
+            if batches.send(events).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
     });
     let mut applied = 0u64;
     let mut expected = Checkpoint {
@@ -296,6 +311,7 @@ async fn fill(
     }
     .await;
     drop(next);
+    open.await??;
     read.await??;
     result?;
     Ok(applied)

@@ -230,8 +230,7 @@ pub async fn run_group_batch(
     let opens = group
         .iter()
         .map(|p| p.opens())
-        .max()
-        .unwrap_or(reader::Opens::All);
+        .fold(reader::Opens::Nothing, reader::Opens::and);
     reader::open_all(&mut tx, first.vault(), opens, &mut events).await?;
     let mut saved: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     for (name, txid, pos) in &locked {

@@ -85,7 +85,7 @@ pub struct PublishedEvent {
         pattern = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
     )]
     pub event_type: String,
-    /// The event's fields as published: personal ones sealed (`pii:v1:...`).
+    /// The event's fields as published: personal ones sealed (`pii:v2:...`).
     #[schema(value_type = Object)]
     pub data: Map<String, Value>,
     /// The message's metadata: `subject` names whose data key sealed the event.
@@ -142,7 +142,7 @@ fn is_worker(state: &AppState, headers: &HeaderMap) -> bool {
     tag = "workers",
     summary = "Open a published event's personal data",
     description = "For trusted workers (a token of `WORKER_TOKENS`, not a user's access token): \
-        the event's personal values (sealed as `pii:v1:...` in the published stream) in clear, \
+        the event's personal values (sealed as `pii:v2:...` in the published stream) in clear, \
         read with the data key of the person `metadata.subject` names. Once that person's \
         account is deleted the key is gone and this answers 410 (code `erased`): the worker \
         deletes what it holds of them. An event that seals nothing comes back as it was.",

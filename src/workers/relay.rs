@@ -45,7 +45,7 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
 }
 
 /// The public message: the event's facts (no secret is ever in an event) and where it came from,
-/// as stored: personal values sealed under their person's data key (`pii:v1:...`), `subject`
+/// as stored: personal values sealed under their person's data key (`pii:v2:...`), `subject`
 /// naming that person in the metadata. Workers open them through the service while the person
 /// exists (`POST /accounts/internal/events/open/`; the mailer reads the keys directly).
 pub fn integration_event(event: &StoredEvent) -> Value {

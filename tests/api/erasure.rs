@@ -254,7 +254,7 @@ async fn a_deleted_person_leaves_nothing_readable_anywhere_and_their_address_reg
     assert!(registered["data"]["email"]
         .as_str()
         .unwrap()
-        .starts_with("pii:v1:"));
+        .starts_with("pii:v2:"));
     assert_eq!(registered["metadata"]["subject"], quill_id.to_string());
     assert_eq!(open_published(&app, &api, None, &registered).await, 401);
     assert_eq!(

@@ -605,7 +605,7 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
     }
     // Without a worker token the example sees personal data only sealed.
     assert!(!stdout.contains("kept.alive@example.com"), "{stdout}");
-    assert!(stdout.contains("pii:v1:"), "{stdout}");
+    assert!(stdout.contains("pii:v2:"), "{stdout}");
 
     // With one, it opens what belongs to people who exist, and is told who was deleted.
     let mut command = std::process::Command::new(python_for_examples());

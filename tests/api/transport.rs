@@ -215,7 +215,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_quota_and_address() {
     assert!(stored_ips(&app)
         .await
         .iter()
-        .all(|ip| ip.starts_with("pii:v1:")));
+        .all(|ip| ip.starts_with("pii:v2:")));
 }
 
 #[tokio::test]
