@@ -14,9 +14,11 @@
 //! - What is sealed: in the payload, the fields in [`PERSONAL_FIELDS`] and every string of a
 //!   `changes` object (profile texts); in the metadata, [`PERSONAL_METADATA`] (IP address, user
 //!   agent). The subject's id is written to the metadata as `subject`.
-//! - **Opening** needs the wrapped key, which readers fetch with the events (`data_key`). Without
-//!   it (the person was deleted) a sealed string opens as `""` and sealed metadata as absent:
-//!   what a read model then builds is the same anonymous row deletion leaves.
+//! - **Opening** needs the wrapped key, which readers fetch for a batch of events at once
+//!   ([`crate::reader::open_all`]; the event repository with each stream it loads). Without it
+//!   (the person was deleted) a sealed string opens as `""` and sealed metadata as absent: what a
+//!   read model then builds is the same anonymous row deletion leaves. Read models open only what
+//!   they read ([`crate::reader::Opens`]).
 //! - Identities (e-mail, username) are unique under a keyed hash ([`Vault::identity_hash`]), so
 //!   the look-up table holds no address either.
 

@@ -6,9 +6,10 @@
 //! rows by the copy's and moves the live checkpoint in one transaction: readers see the old rows
 //! until the commit and the new ones after it, never an empty table, and no event is lost.
 //!
-//! The copy is filled as a pipeline: one task reads the next batch of events while the previous
-//! one is applied on another connection, so Postgres reads and writes (and the projector folds)
-//! at the same time instead of taking turns.
+//! The copy is filled as a pipeline: one task reads the next batch of events while another opens
+//! the sealed values of the one before and the previous one is applied on a third connection, so
+//! Postgres reads and writes, and the service decrypts and folds, at the same time instead of
+//! taking turns.
 
 use crate::reader::Look;
 use crate::reader::{self, Checkpoint, StoredEvent};
@@ -232,8 +233,8 @@ async fn secondary_indexes(pool: &PgPool, table: &str, copy: &str) -> anyhow::Re
 }
 
 /// Replays the events committed so far into the copy: a reader task reads batch after batch
-/// (two ahead at most) while this one applies each under the copy's checkpoint lock, moving the
-/// checkpoint in the same transaction. With `bulk`, the copy has no index yet and is filled with
+/// (two ahead at most), an opener task opens their sealed values, and this one applies each
+/// under the copy's checkpoint lock, moving the checkpoint in the same transaction. With `bulk`, the copy has no index yet and is filled with
 /// [`Projector::load_batch`]. Returns how many events it applied.
 async fn fill(
     pool: &PgPool,

@@ -15,7 +15,7 @@ pub const BATCH_SIZE: i64 = 500;
 /// How long a woken reader waits before it reads, so that the events of concurrent commits are
 /// read and applied as one batch (one look, one transaction) rather than one by one. Requests that
 /// need their own write catch up themselves and do not wait for it.
-pub const COALESCE: Duration = Duration::from_millis(10);
+pub const COALESCE: Duration = Duration::from_millis(25);
 
 /// A projector's checkpoint name and table: the live ones, or a rebuild's copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
