@@ -80,7 +80,9 @@ pub(crate) async fn export(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> ApiResult<Json<DataExport>> {
-    user.see_own_login(&state).await?;
+    // Everything held, up to this request: every read model caught up first, so that what the
+    // person did just before (a failed login recorded after its answer, say) is in it.
+    state.catch_up_all().await?;
     let ttl = state.settings.refresh_token_ttl;
     build(&state.pool, ttl, user.user_id, Some(user.session_id))
         .await?

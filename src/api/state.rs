@@ -110,6 +110,26 @@ impl AppState {
         }
     }
 
+    /// Every read model brought up to what is committed now (through the shared gates): for the
+    /// rare reads that must show everything, not one known write (the export). A catch-up that
+    /// takes longer than the read-your-writes timeout is logged and the read goes on.
+    pub async fn catch_up_all(&self) -> Result<(), ApiError> {
+        let catch_ups = self
+            .projectors
+            .iter()
+            .zip(self.catch_up_gates.iter())
+            .map(|(projector, gate)| gate.catch_up(&self.pool, projector.as_ref()));
+        match tokio::time::timeout(SYNC_TIMEOUT, futures::future::join_all(catch_ups)).await {
+            Ok(results) => results
+                .into_iter()
+                .try_for_each(|result| result.map_err(ApiError::internal)),
+            Err(_) => {
+                tracing::warn!("read models are lagging");
+                Ok(())
+            }
+        }
+    }
+
     /// Whether every read model is known to show the login of `session_id` (see `seen_logins`).
     pub fn login_seen(&self, session_id: uuid::Uuid) -> bool {
         self.seen_logins

@@ -106,6 +106,11 @@ pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> 
     let pool = prepare_database(settings).await?;
     let vault = settings.checked_vault(&pool).await?;
     let user_id = user_id_of(&pool, &vault, user).await?;
+    // Everything committed before the command ran is in the export: the read models are caught
+    // up first (this process applies what the running projectors have not yet).
+    for projector in projections::all(&vault) {
+        projections::runner::catch_up(&pool, projector.as_ref()).await?;
+    }
     let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
         .await?
         .with_context(|| format!("no account has the id {user_id}"))?;

@@ -686,3 +686,49 @@ async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_the
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_profile_text_typed_to_look_sealed_is_sealed_too_and_reads_back_as_typed() {
+    // Before the v2 format, a value that already looked sealed was stored as it came: in clear
+    // in the event, and read back as erased ("").
+    let app = TestApp::spawn().await;
+    let (access, _) = app.active_user("mimic", "mimic@example.com").await;
+    let bio = "pii:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA my street is Elm 12";
+    let thoughts = "pii:v2:this is what I really think";
+    json_of(
+        app.post_authed(
+            "/accounts/api/update/profile/",
+            &access,
+            &json!({"bio": bio, "thoughts": thoughts}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let profile = json_of(
+        app.get_authed("/accounts/api/get/profile/", &access).await,
+        StatusCode::OK,
+    )
+    .await;
+    let shown = profile.to_string();
+    assert!(shown.contains("my street is Elm 12"), "{shown}");
+    assert!(shown.contains("this is what I really think"), "{shown}");
+    let stored: String = sqlx::query_scalar(
+        "select string_agg(payload::text, '') from events where event_type = 'ProfileUpdated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(stored.contains("pii:v2:"), "{stored}");
+    assert!(!stored.contains("Elm 12"), "{stored}");
+    assert!(!stored.contains("really think"), "{stored}");
+    // A rebuild from the events shows the same texts.
+    caught_up(&app).await;
+    let live = read_models(&app.pool).await;
+    for projector in projections::all(&app.vault()) {
+        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_models(&app.pool).await, live);
+}
