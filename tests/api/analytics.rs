@@ -139,11 +139,7 @@ async fn a_rebuilt_read_model_equals_the_live_one() {
             .await
             .unwrap();
     assert_eq!(agents, [odd_agent]);
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
     let leftovers: i64 =
         sqlx::query_scalar("select count(*) from pg_tables where tablename like '%_rebuild'")
@@ -196,14 +192,8 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
         }
         (smallest, smallest_history)
     };
-    let rebuild = async {
-        for projector in projections::all(&app.vault()) {
-            projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-                .await
-                .unwrap();
-        }
-    };
-    let (statuses, (smallest, smallest_history), ()) = tokio::join!(writers, reader, rebuild);
+    let (statuses, (smallest, smallest_history), ()) =
+        tokio::join!(writers, reader, rebuild_all(&app));
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     assert!(
         smallest >= seeded as i64,
@@ -220,11 +210,7 @@ async fn a_rebuild_under_write_load_loses_nothing_and_readers_never_see_an_empty
         seeded + 30,
         "every account is in the rebuilt model"
     );
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
 }
 
@@ -305,11 +291,7 @@ async fn the_generator_fills_the_store_through_which_read_models_and_stream_foll
         );
     }
     let live = read_models(&app.pool).await;
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
     let identities: i64 =
         sqlx::query_scalar("select count(*) from user_identities where kind = 'email'")

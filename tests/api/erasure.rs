@@ -389,11 +389,7 @@ async fn a_deleted_person_leaves_nothing_readable_anywhere_and_their_address_reg
 
     // A rebuild from the events reproduces exactly what deletion left.
     let live = read_models(&app.pool).await;
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
 
     // The address and username are free: a new account, with nothing of the old one.
@@ -674,11 +670,7 @@ async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_the
     // The sealed events rebuild the same read models, and the owners log in as before.
     caught_up(&app).await;
     let live = read_models(&app.pool).await;
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
     json_of(
         app.login(&email, accounts::ops::seed::SEED_PASSWORD).await,
@@ -725,10 +717,6 @@ async fn a_profile_text_typed_to_look_sealed_is_sealed_too_and_reads_back_as_typ
     // A rebuild from the events shows the same texts.
     caught_up(&app).await;
     let live = read_models(&app.pool).await;
-    for projector in projections::all(&app.vault()) {
-        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
-            .await
-            .unwrap();
-    }
+    rebuild_all(&app).await;
     assert_eq!(read_models(&app.pool).await, live);
 }

@@ -522,6 +522,15 @@ pub async fn read_models(pool: &PgPool) -> (Vec<String>, Vec<String>, Vec<String
     (profiles, history, activity)
 }
 
+/// Rebuilds every read model from the events (what `accounts projections rebuild` does).
+pub async fn rebuild_all(app: &TestApp) {
+    for projector in projections::all(&app.vault()) {
+        projections::rebuild::rebuild(&app.pool, projector.as_ref(), |_| {})
+            .await
+            .unwrap();
+    }
+}
+
 /// Waits until every projector (not the relay) has applied every event.
 pub async fn caught_up(app: &TestApp) {
     eventually(|| async {
