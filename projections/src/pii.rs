@@ -685,4 +685,21 @@ mod tests {
         assert_eq!(payload["ProfileUpdated"]["changes"]["bio"], typed);
         assert_eq!(metadata["ip"], "pii:v1:198.51.100.7");
     }
+
+    #[test]
+    fn read_models_leave_the_canonical_keys_sealed() {
+        let vault = Vault::new([6; 32]);
+        let subject = Uuid::new_v4();
+        let (key, _) = vault.new_data_key(subject);
+        let (mut payload, mut metadata) = event();
+        vault.seal_event(&key, subject, &mut payload, &mut metadata);
+        open_for_reading(Some(&key), subject, &mut payload, &mut metadata);
+        assert_eq!(payload["Registered"]["email"], "ann@example.com");
+        assert_eq!(payload["Registered"]["username"], "ann");
+        assert_eq!(metadata["ip"], "203.0.113.9");
+        for canonical in CANONICAL_FIELDS {
+            let value = payload["Registered"][canonical].as_str().unwrap();
+            assert!(value.starts_with(SEALED), "{canonical}: {value}");
+        }
+    }
 }

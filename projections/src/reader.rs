@@ -459,3 +459,42 @@ pub async fn passed_by(
     .fetch_all(conn)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Opens;
+
+    #[test]
+    fn a_group_opens_what_each_of_its_readers_reads() {
+        let profile = Opens::Read {
+            types: Some(&["Registered", "ProfileUpdated"]),
+            metadata: false,
+        };
+        let history = Opens::Read {
+            types: Some(&["Registered"]),
+            metadata: true,
+        };
+        assert_eq!(
+            profile.and(history),
+            Opens::Read {
+                types: Some(&["Registered", "ProfileUpdated"]),
+                metadata: true,
+            }
+        );
+        assert_eq!(history.and(profile), profile.and(history));
+        let other = Opens::Read {
+            types: Some(&["Started"]),
+            metadata: false,
+        };
+        assert_eq!(
+            history.and(other),
+            Opens::Read {
+                types: None,
+                metadata: true
+            }
+        );
+        assert_eq!(Opens::Nothing.and(profile), profile);
+        assert_eq!(profile.and(Opens::All), Opens::All);
+        assert!(!profile.metadata() && history.metadata() && Opens::All.metadata());
+    }
+}
