@@ -311,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let xacts_before: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
     let verify_before = verify_seconds(&client, &management).await;
+    let busy_share;
     let (login_rate, login_lat) = {
         let probe = rss_probe.clone();
         let pid_rss = || service.rss_mb();
@@ -321,7 +322,10 @@ async fn main() -> anyhow::Result<()> {
                 *max = max.max(pid_rss());
             }
         };
+        let ticks = support::machine_ticks();
         let (result, ()) = tokio::join!(closed_loop(16, secs, login), sampler);
+        let after = support::machine_ticks();
+        busy_share = (after.0 - ticks.0) as f64 / (after.1 - ticks.1).max(1) as f64;
         result
     };
     let verify_after = verify_seconds(&client, &management).await;
@@ -726,7 +730,9 @@ async fn main() -> anyhow::Result<()> {
          At login saturation: {xacts_per_login:.1} database transactions per login (pg_stat_database, \
          every role of the service included); one argon2id verification inside the service takes \
          {verify_in_service_ms:.1} ms of wall time of which {verify_cpu_in_service_ms:.1} ms on a core \
-         (`password_hash_seconds`, `password_hash_cpu_seconds`), against {one_verify_ms:.1} ms alone.",
+         (`password_hash_seconds`, `password_hash_cpu_seconds`), against {one_verify_ms:.1} ms alone; \
+         the machine's cores were {busy:.1} % busy during the phase (/proc/stat).",
+        busy = busy_share * 100.0,
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         machine = machine(),
         rows = rows.join("\n"),

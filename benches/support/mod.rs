@@ -140,6 +140,26 @@ pub fn machine() -> String {
     format!("{cpus} cores, {model}")
 }
 
+/// The machine's busy and total CPU time so far (/proc/stat, every core, in clock ticks): the
+/// share of busy time between two readings says whether a phase kept the cores busy.
+pub fn machine_ticks() -> (u64, u64) {
+    let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+    else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 /// CPU seconds (user + system) used so far by the processes a benchmark phase involves: the
 /// service, every Postgres process, nats-server and the load generator itself.
 #[derive(Clone, Copy, Default, Debug)]
