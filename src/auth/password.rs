@@ -1,14 +1,20 @@
-//! argon2id hashing on the blocking pool, with a bound on how many run at once (each takes
-//! 19 MiB): a burst queues briefly, then is shed, instead of exhausting memory.
+//! argon2id hashing on threads of its own, one per slot, with a bound on how many run at once
+//! (each takes 19 MiB): a burst queues briefly, then is shed, instead of exhausting memory.
+//!
+//! Each slot's thread takes the next job from the queue itself when it finishes one, so a core
+//! never waits between two hashes for an async task to be woken and hand the next one over (the
+//! cores were ~4 % idle under login saturation with a full queue that way: issue #12).
 
 use anyhow::Context;
 use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 pub type SecretPassword = SecretString;
 
@@ -28,15 +34,85 @@ type Memory = Vec<Block>;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
-    slots: Arc<Semaphore>,
-    /// The work memories not in use; there are never more than `slots` of them.
-    memories: Arc<Mutex<Vec<Memory>>>,
-    /// Requests waiting for a slot; past `max_queue` new ones are shed at once.
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queue: Arc<Queue>,
+    /// Closes the queue (and so ends the slots' threads) when the last clone is dropped.
+    _closer: Arc<Closer>,
+    /// Jobs queued or running; past `slots + max_queue` new ones are shed at once.
+    in_flight: Arc<AtomicUsize>,
+    slots: usize,
     max_queue: usize,
     queue_timeout: Duration,
     /// Verified against for unknown accounts, so they cost the same time as known ones.
     dummy_hash: Arc<String>,
+}
+
+/// One piece of work for a slot: run with the slot's work memory, or told it started too late.
+type Job = Box<dyn FnOnce(Option<&mut Memory>) + Send>;
+
+/// The jobs waiting for a slot, in arrival order, with when each must have started.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<(Instant, Job)>,
+    closed: bool,
+}
+
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.closed = true;
+        }
+        self.0.ready.notify_all();
+    }
+}
+
+/// A slot's thread: takes jobs until the queue is closed and empty. Its work memory is made by
+/// its first job and kept (allocating it per hash costs a fresh mapping that the kernel zeroes
+/// page by page; freeing it lets the allocator keep it per thread: RSS grew to 577 MB that way).
+fn slot_thread(queue: Arc<Queue>) {
+    let mut memory = Memory::new();
+    loop {
+        let job = {
+            let Ok(mut state) = queue.state.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = state.jobs.pop_front() {
+                    metrics::gauge!("password_hash_queue").set(state.jobs.len() as f64);
+                    break job;
+                }
+                if state.closed {
+                    return;
+                }
+                state = match queue.ready.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return,
+                };
+            }
+        };
+        let (deadline, job) = job;
+        if Instant::now() > deadline {
+            job(None);
+        } else {
+            job(Some(&mut memory));
+        }
+    }
+}
+
+/// One job counted in `in_flight` until dropped (done, skipped, refused, or never queued).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// OWASP's argon2id parameters: m = 19456 KiB, t = 2, p = 1.
@@ -142,75 +218,83 @@ impl PasswordHasher {
         max_queue: usize,
         queue_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        // Its work memory is freed: an idle process holds none (the first hash allocates one).
+        // Its work memory is freed: an idle process holds none (a slot's first hash makes one).
         let dummy = hash_with(
             "not a password anyone has: the dummy for unknown accounts",
             &mut Memory::new(),
         )?;
+        let slots = concurrency.max(1);
+        let queue = Arc::new(Queue::default());
+        for slot in 0..slots {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{slot}"))
+                .spawn(move || slot_thread(queue))
+                .context("cannot start a hashing thread")?;
+        }
         Ok(Self {
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            memories: Arc::new(Mutex::new(Vec::new())),
-            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            slots,
             max_queue,
             queue_timeout,
             dummy_hash: Arc::new(dummy),
         })
     }
 
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, HashError> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        use std::sync::atomic::Ordering;
-        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!("password_hash_queue").set((waiting + 1) as f64);
-        let result = if waiting >= self.max_queue {
-            Err(HashError::Busy)
-        } else {
-            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| HashError::Busy)
-                .and_then(|r| {
-                    r.context("hashing semaphore closed")
-                        .map_err(HashError::Failed)
-                })
-        };
-        let left = self.queued.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("password_hash_queue").set(left.saturating_sub(1) as f64);
-        if matches!(result, Err(HashError::Busy)) {
-            metrics::counter!("password_hash_shed_total").increment(1);
-        }
-        result
-    }
-
-    /// Runs `work` on the blocking pool with a slot's work memory, and records its duration.
+    /// Runs `work` on a slot's thread with its work memory, and records its duration: queued
+    /// behind at most `max_queue` others (else shed at once with `Busy`), and `Busy` too if no
+    /// slot took it within the queue timeout. A job whose request went away (the caller's
+    /// future dropped) is skipped when its turn comes.
     async fn run<T: Send + 'static>(
         &self,
-        permit: OwnedSemaphorePermit,
         op: &'static str,
         work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, HashError> {
-        let memories = self.memories.clone();
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Decremented when the job is done, skipped or refused, whoever holds it then.
+        let in_flight = InFlight(self.in_flight.clone());
+        if before >= self.slots + self.max_queue {
+            metrics::counter!("password_hash_shed_total").increment(1);
+            return Err(HashError::Busy);
+        }
+        let (done, result) = oneshot::channel::<Result<T, HashError>>();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let taken = memories.lock().ok().and_then(|mut free| free.pop());
-            let mut memory = taken.unwrap_or_default();
-            let started = std::time::Instant::now();
+        let job: Job = Box::new(move |memory| {
+            let _in_flight = in_flight;
+            if done.is_closed() {
+                return;
+            }
+            let Some(memory) = memory else {
+                metrics::counter!("password_hash_shed_total").increment(1);
+                let _ = done.send(Err(HashError::Busy));
+                return;
+            };
+            let started = Instant::now();
             let cpu_started = thread_cpu_seconds();
-            let result = span.in_scope(|| work(&mut memory));
+            let outcome = span.in_scope(|| work(memory));
             metrics::histogram!("password_hash_seconds", "op" => op)
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("password_hash_cpu_seconds", "op" => op)
                 .record(thread_cpu_seconds() - cpu_started);
-            if let Ok(mut free) = memories.lock() {
-                free.push(memory);
-            }
-            result
-        })
-        .await
-        .context("hashing task failed")?
-        .map_err(HashError::Failed)
+            let _ = done.send(outcome.map_err(HashError::Failed));
+        });
+        {
+            let mut state = self
+                .queue
+                .state
+                .lock()
+                .map_err(|_| HashError::Failed(anyhow::anyhow!("hashing queue poisoned")))?;
+            state
+                .jobs
+                .push_back((Instant::now() + self.queue_timeout, job));
+            metrics::gauge!("password_hash_queue").set(state.jobs.len() as f64);
+        }
+        self.queue.ready.notify_one();
+        result
+            .await
+            .map_err(|_| HashError::Failed(anyhow::anyhow!("hashing thread ended")))?
     }
 
     /// Runs another CPU-heavy check (the password-strength estimate) on a hashing slot: off the
@@ -220,15 +304,13 @@ impl PasswordHasher {
         op: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let permit = self.slot().await?;
-        self.run(permit, op, move |_| Ok(work())).await
+        self.run(op, move |_| Ok(work())).await
     }
 
     #[tracing::instrument(skip_all)]
     pub async fn hash(&self, password: &SecretPassword) -> Result<String, HashError> {
-        let permit = self.slot().await?;
         let password = password.clone();
-        self.run(permit, "hash", move |memory| {
+        self.run("hash", move |memory| {
             hash_with(password.expose_secret(), memory)
         })
         .await
@@ -242,12 +324,11 @@ impl PasswordHasher {
         password: &SecretPassword,
         hash: Option<String>,
     ) -> Result<bool, HashError> {
-        let permit = self.slot().await?;
         let password = password.clone();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
         let matches = self
-            .run(permit, "verify", move |memory| {
+            .run("verify", move |memory| {
                 verify_with(password.expose_secret(), &hash, memory)
             })
             .await?;
@@ -336,7 +417,8 @@ mod tests {
         Ok(())
     }
 
-    /// However many verifications run, there are never more work memories than slots.
+    /// However many verifications run, they run on the slots' threads only, each with its one
+    /// work memory: never more memories than slots.
     #[tokio::test]
     async fn work_memory_is_bounded_by_the_slots() -> anyhow::Result<()> {
         let hasher = PasswordHasher::new(2, 64, Duration::from_secs(30))?;
@@ -346,12 +428,77 @@ mod tests {
         for ok in futures::future::join_all(checks).await {
             assert!(ok.map_err(anyhow::Error::from)?);
         }
-        let kept = hasher
-            .memories
-            .lock()
-            .map(|m| m.len())
-            .unwrap_or(usize::MAX);
-        assert!((1..=2).contains(&kept), "{kept} work memories kept");
+        let names = (0..12).map(|_| {
+            hasher.run_bounded("test", || {
+                std::thread::sleep(Duration::from_millis(5));
+                std::thread::current().name().map(str::to_owned)
+            })
+        });
+        let mut threads = std::collections::HashSet::new();
+        for name in futures::future::join_all(names).await {
+            threads.insert(name.map_err(anyhow::Error::from)?);
+        }
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        assert!(threads
+            .iter()
+            .all(|t| t.as_deref().is_some_and(|t| t.starts_with("argon2-"))));
+        Ok(())
+    }
+
+    /// Past the queue's bound a job is shed at once; one that waited longer than the queue
+    /// timeout is shed when its turn comes; one whose caller went away never runs. None of
+    /// them keeps a place: the next job runs.
+    #[tokio::test]
+    async fn a_full_queue_sheds_and_late_or_abandoned_jobs_never_run() -> anyhow::Result<()> {
+        let hasher = PasswordHasher::new(1, 1, Duration::from_millis(100))?;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let busy = |ms| {
+            let ran = ran.clone();
+            hasher.run_bounded("test", move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        // One running, one queued, the third shed at once.
+        let (first, second, third) = tokio::join!(busy(300), busy(1), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            busy(1).await
+        });
+        assert!(first.is_ok());
+        // The second waited 300 ms for the slot, past its 100 ms: shed without running.
+        assert!(matches!(second, Err(HashError::Busy)));
+        assert!(matches!(third, Err(HashError::Busy)));
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+
+        // An abandoned job (its caller's future dropped while it waited) is skipped.
+        let long = tokio::spawn({
+            let hasher = hasher.clone();
+            async move {
+                hasher
+                    .run_bounded("test", || std::thread::sleep(Duration::from_millis(80)))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let abandoned = {
+            let ran = ran.clone();
+            tokio::spawn({
+                let hasher = hasher.clone();
+                async move {
+                    hasher
+                        .run_bounded("test", move || {
+                            ran.fetch_add(100, Ordering::SeqCst);
+                        })
+                        .await
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        abandoned.abort();
+        assert!(long.await?.is_ok());
+        // The slot is free again and the abandoned job left no trace.
+        assert!(busy(1).await.is_ok());
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
         Ok(())
     }
 }
