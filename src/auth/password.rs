@@ -10,7 +10,7 @@ use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -58,7 +58,8 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueState {
-    jobs: VecDeque<(Instant, Job)>,
+    /// Each with the time it must have started by and whether its request went away.
+    jobs: VecDeque<(Instant, Arc<AtomicBool>, Job)>,
     closed: bool,
 }
 
@@ -97,12 +98,21 @@ fn slot_thread(queue: Arc<Queue>) {
                 };
             }
         };
-        let (deadline, job) = job;
+        let (deadline, _, job) = job;
         if Instant::now() > deadline {
             job(None);
         } else {
             job(Some(&mut memory));
         }
+    }
+}
+
+/// Marks a job's request as gone when the request's future is dropped (answered or aborted).
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -252,14 +262,26 @@ impl PasswordHasher {
         op: &'static str,
         work: impl FnOnce(&mut Memory) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, HashError> {
-        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let capacity = self.slots + self.max_queue;
+        let mut before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         // Decremented when the job is done, skipped or refused, whoever holds it then.
         let in_flight = InFlight(self.in_flight.clone());
-        if before >= self.slots + self.max_queue {
+        if before >= capacity {
+            // Jobs whose requests went away give their places back first (dropping them
+            // releases their counts), as a waiter on a semaphore would have on leaving.
+            if let Ok(mut state) = self.queue.state.lock() {
+                state
+                    .jobs
+                    .retain(|(_, gone, _)| !gone.load(Ordering::SeqCst));
+            }
+            before = self.in_flight.load(Ordering::SeqCst).saturating_sub(1);
+        }
+        if before >= capacity {
             metrics::counter!("password_hash_shed_total").increment(1);
             return Err(HashError::Busy);
         }
         let (done, result) = oneshot::channel::<Result<T, HashError>>();
+        let gone = Arc::new(AtomicBool::new(false));
         let span = tracing::Span::current();
         let job: Job = Box::new(move |memory| {
             let _in_flight = in_flight;
@@ -288,10 +310,11 @@ impl PasswordHasher {
                 .map_err(|_| HashError::Failed(anyhow::anyhow!("hashing queue poisoned")))?;
             state
                 .jobs
-                .push_back((Instant::now() + self.queue_timeout, job));
+                .push_back((Instant::now() + self.queue_timeout, gone.clone(), job));
             metrics::gauge!("password_hash_queue").set(state.jobs.len() as f64);
         }
         self.queue.ready.notify_one();
+        let _waiting = Waiting(gone);
         result
             .await
             .map_err(|_| HashError::Failed(anyhow::anyhow!("hashing thread ended")))?
@@ -495,10 +518,12 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         abandoned.abort();
-        assert!(long.await?.is_ok());
-        // The slot is free again and the abandoned job left no trace.
-        assert!(busy(1).await.is_ok());
-        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The queue's one place was the abandoned job's: it is given back, not shed against.
+        let (late, long) = tokio::join!(busy(1), long);
+        assert!(late.is_ok());
+        assert!(long?.is_ok());
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "the abandoned job ran");
         Ok(())
     }
 }
