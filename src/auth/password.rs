@@ -75,8 +75,7 @@ impl Drop for Closer {
 }
 
 /// A slot's thread: takes jobs until the queue is closed and empty. Its work memory is made by
-/// its first job and kept (allocating it per hash costs a fresh mapping that the kernel zeroes
-/// page by page; freeing it lets the allocator keep it per thread: RSS grew to 577 MB that way).
+/// its first job and kept (see [`Memory`]).
 fn slot_thread(queue: Arc<Queue>) {
     let mut memory = Memory::new();
     loop {
