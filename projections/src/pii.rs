@@ -291,11 +291,7 @@ impl Vault {
 
     /// The keyed check value of this key-encryption key (`data_key_check`).
     fn check_value(&self) -> Vec<u8> {
-        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.identity.as_ref()) else {
-            unreachable!()
-        };
-        mac.update(b"accounts key-encryption key check v1");
-        mac.finalize().into_bytes().to_vec()
+        derive(&self.identity, b"accounts key-encryption key check v1").to_vec()
     }
 
     /// Refuses a key-encryption key the database's data keys were not wrapped under (another

@@ -149,37 +149,36 @@ pub async fn open_all_with(
     keys: &mut HashMap<uuid::Uuid, Option<crate::pii::DataKey>>,
 ) -> sqlx::Result<()> {
     let null = serde_json::Value::Null;
-    // Which of an event's parts are opened: its payload, its metadata.
-    let parts = |e: &StoredEvent| match opens {
-        Opens::Nothing => (false, false),
-        Opens::All => (true, true),
-        Opens::Read { types, metadata } => (
-            types.is_none_or(|types| types.contains(&e.event_type.as_str())),
-            metadata,
-        ),
-    };
-    let sealed = |e: &StoredEvent| {
-        let (payload, metadata) = parts(e);
-        (payload || metadata)
+    // What is opened of each event: whose values, and whether its payload and its metadata.
+    let mut owners: Vec<Option<(uuid::Uuid, bool, bool)>> = Vec::with_capacity(events.len());
+    let mut wanted: Vec<uuid::Uuid> = Vec::new();
+    for e in events.iter() {
+        let (payload, metadata) = match opens {
+            Opens::Nothing => (false, false),
+            Opens::All => (true, true),
+            Opens::Read { types, metadata } => (
+                types.is_none_or(|types| types.contains(&e.event_type.as_str())),
+                metadata,
+            ),
+        };
+        let sealed = (payload || metadata)
             && crate::pii::holds_sealed_data(
                 if payload { &e.payload } else { &null },
                 if metadata { &e.metadata } else { &null },
-            )
-    };
-    let subject = |e: &StoredEvent| {
-        crate::pii::subject_in(&e.metadata)
-            .or_else(|| crate::pii::subject_of(&e.aggregate_type, &e.aggregate_id, &e.payload))
-    };
-    let mut wanted: Vec<uuid::Uuid> = Vec::new();
-    let mut owners: Vec<Option<uuid::Uuid>> = Vec::with_capacity(events.len());
-    for event in events.iter() {
-        let owner = if sealed(event) { subject(event) } else { None };
+            );
+        let owner = sealed
+            .then(|| {
+                crate::pii::subject_in(&e.metadata).or_else(|| {
+                    crate::pii::subject_of(&e.aggregate_type, &e.aggregate_id, &e.payload)
+                })
+            })
+            .flatten();
         if let Some(owner) = owner {
             if !keys.contains_key(&owner) {
                 wanted.push(owner);
             }
         }
-        owners.push(owner);
+        owners.push(owner.map(|owner| (owner, payload, metadata)));
     }
     if !wanted.is_empty() {
         wanted.sort_unstable();
@@ -195,11 +194,10 @@ pub async fn open_all_with(
         }
     }
     for (event, owner) in events.iter_mut().zip(owners) {
-        let Some(owner) = owner else {
+        let Some((owner, payload, metadata)) = owner else {
             continue;
         };
         let key = keys.get(&owner).and_then(Option::as_ref);
-        let (payload, metadata) = parts(event);
         let mut none = (serde_json::Value::Null, serde_json::Value::Null);
         let payload = if payload {
             &mut event.payload
@@ -284,8 +282,9 @@ pub const READ_AFTER: &str =
           order by events.transaction_id, events.global_position
           limit $3";
 
-/// [`READ_AFTER`] without the metadata, for readers that never read it: less to send and parse (an event's subject is then its account, or the
-/// `user_id` its payload names: [`crate::pii::subject_of`]).
+/// [`READ_AFTER`] without the metadata, for readers that never read it: less to send and parse
+/// (an event's subject is then its account, or the `user_id` its payload names:
+/// [`crate::pii::subject_of`]).
 pub const READ_AFTER_WITHOUT_PERSONAL_METADATA: &str =
     "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                 '{}'::jsonb as metadata, global_position,
@@ -429,12 +428,7 @@ pub async fn read_after(
     checkpoint: &Checkpoint,
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEvent>> {
-    sqlx::query_as(READ_AFTER)
-        .bind(&checkpoint.transaction_id)
-        .bind(checkpoint.position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await
+    read_after_for(conn, checkpoint, limit, Opens::All).await
 }
 
 /// Whether the reader `name` has handled the event at `(aggregate_type, aggregate_id, sequence)`.

@@ -109,7 +109,7 @@ pub async fn user_export(settings: &Settings, user: &str) -> anyhow::Result<()> 
     // Everything committed before the command ran is in the export: the read models are caught
     // up first (this process applies what the running projectors have not yet).
     for projector in projections::all(&vault) {
-        projections::runner::catch_up(&pool, projector.as_ref()).await?;
+        projections::catch_up(&pool, projector.as_ref()).await?;
     }
     let export = crate::api::export::build(&pool, settings.refresh_token_ttl, user_id, None)
         .await?
