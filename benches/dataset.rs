@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     let settings = bench_settings("dataset")?;
     let pool = accounts::startup::prepare_database(&settings).await?;
-    let hasher = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60))?;
+    let hasher = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60), 0)?;
     let hash = hasher
         .hash(&accounts::auth::SecretPassword::from(
             accounts::ops::seed::SEED_PASSWORD,

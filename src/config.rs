@@ -229,6 +229,12 @@ pub struct Settings {
     #[arg(long, env = "PASSWORD_HASH_MAX_QUEUE", default_value_t = 64)]
     pub password_hash_max_queue: usize,
 
+    /// Nice value of the hashing threads (0-19; 0: as any other thread). Above 0, every short
+    /// step of a request preempts a hash on a busy core.
+    #[arg(long, env = "PASSWORD_HASH_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub password_hash_nice: i32,
+
     /// Failed password checks in a row from one source (client address) on one account before
     /// that source backs off.
     #[arg(long, env = "LOGIN_FAILURE_LIMIT", default_value_t = 5)]

@@ -92,6 +92,7 @@ impl Application {
             settings.hash_concurrency(),
             settings.password_hash_max_queue,
             Duration::from_millis(settings.password_hash_queue_timeout_ms),
+            settings.password_hash_nice,
         )?;
         // Connects in the background and keeps retrying: the API works while NATS is away.
         let nats = async_nats::ConnectOptions::new()

@@ -206,6 +206,36 @@ fn verify_with(password: &str, hash: &str, memory: &mut Memory) -> anyhow::Resul
     Ok(out.as_slice().ct_eq(expected.as_bytes()).into())
 }
 
+/// Lowers the calling thread's priority to `nice` (Linux: a thread's own nice value; raising it
+/// needs no privilege). A hash is the one long computation of the service: at a lower priority
+/// every short step of any request (parsing, a query's answer, the response) preempts it on a
+/// busy core instead of waiting for a hash's time slice to end, so a flood of logins delays
+/// reads, refreshes and the logins' own round trips less. The hashes still get every cycle the
+/// rest leaves, so no throughput is lost while the machine does nothing else; on a machine shared
+/// with other busy processes they yield to those too (set 0 there). A failure is logged.
+fn lower_priority(nice: i32) {
+    // Only ever lowered: a process started at a higher nice value keeps it.
+    let target = nice.min(19).max(thread_nice());
+    if target <= thread_nice() {
+        return;
+    }
+    // SAFETY: setpriority reads its three integer arguments only; `who` 0 is the calling thread.
+    let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) };
+    if status != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            nice,
+            "cannot lower the hashing thread's priority"
+        );
+    }
+}
+
+/// The calling thread's nice value.
+fn thread_nice() -> i32 {
+    // SAFETY: getpriority reads its two integer arguments only; `who` 0 is the calling thread.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
 /// CPU time of the calling thread, in seconds: how much of a hash's wall time was computing
 /// (the rest was waiting for a core).
 fn thread_cpu_seconds() -> f64 {
@@ -222,10 +252,13 @@ fn thread_cpu_seconds() -> f64 {
 }
 
 impl PasswordHasher {
+    /// `nice`: the hashing threads' nice value (see [`lower_priority`]); 0 leaves them as any
+    /// other thread.
     pub fn new(
         concurrency: usize,
         max_queue: usize,
         queue_timeout: Duration,
+        nice: i32,
     ) -> anyhow::Result<Self> {
         // Its work memory is freed: an idle process holds none (a slot's first hash makes one).
         let dummy = hash_with(
@@ -238,7 +271,10 @@ impl PasswordHasher {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{slot}"))
-                .spawn(move || slot_thread(queue))
+                .spawn(move || {
+                    lower_priority(nice);
+                    slot_thread(queue)
+                })
                 .context("cannot start a hashing thread")?;
         }
         Ok(Self {
@@ -364,7 +400,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn bounded_work_leaves_the_async_runtime_free() -> anyhow::Result<()> {
-        let hasher = PasswordHasher::new(1, 8, Duration::from_secs(5))?;
+        let hasher = PasswordHasher::new(1, 8, Duration::from_secs(5), 0)?;
         let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = ticks.clone();
         let ticker = tokio::spawn(async move {
@@ -387,7 +423,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_accounts_never_match() -> anyhow::Result<()> {
-        let hasher = PasswordHasher::new(2, 8, Duration::from_secs(5))?;
+        let hasher = PasswordHasher::new(2, 8, Duration::from_secs(5), 0)?;
         let password = SecretPassword::from("a long enough password");
         let hash = hasher.hash(&password).await.map_err(anyhow::Error::from)?;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
@@ -443,7 +479,7 @@ mod tests {
     /// work memory: never more memories than slots.
     #[tokio::test]
     async fn work_memory_is_bounded_by_the_slots() -> anyhow::Result<()> {
-        let hasher = PasswordHasher::new(2, 64, Duration::from_secs(30))?;
+        let hasher = PasswordHasher::new(2, 64, Duration::from_secs(30), 0)?;
         let password = SecretPassword::from("a long enough password");
         let hash = hasher.hash(&password).await.map_err(anyhow::Error::from)?;
         let checks = (0..12).map(|_| hasher.verify(&password, Some(hash.clone())));
@@ -467,12 +503,34 @@ mod tests {
         Ok(())
     }
 
+    /// The hashes run at the lower priority asked for (every other thread preempts them on a
+    /// busy core); 0 leaves the hashing threads as the caller's.
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_priority_asked_for() -> anyhow::Result<()> {
+        let before = thread_nice();
+        let lowered = PasswordHasher::new(2, 4, Duration::from_secs(5), 7)?;
+        let plain = PasswordHasher::new(1, 4, Duration::from_secs(5), 0)?;
+        for _ in 0..4 {
+            assert_eq!(
+                lowered.run_bounded("test", thread_nice).await?,
+                7.max(before)
+            );
+        }
+        assert_eq!(plain.run_bounded("test", thread_nice).await?, before);
+        assert_eq!(
+            thread_nice(),
+            before,
+            "the caller's thread is left as it was"
+        );
+        Ok(())
+    }
+
     /// Past the queue's bound a job is shed at once; one that waited longer than the queue
     /// timeout is shed when its turn comes; one whose caller went away never runs. None of
     /// them keeps a place: the next job runs.
     #[tokio::test]
     async fn a_full_queue_sheds_and_late_or_abandoned_jobs_never_run() -> anyhow::Result<()> {
-        let hasher = PasswordHasher::new(1, 1, Duration::from_millis(100))?;
+        let hasher = PasswordHasher::new(1, 1, Duration::from_millis(100), 0)?;
         let ran = Arc::new(AtomicUsize::new(0));
         let busy = |ms| {
             let ran = ran.clone();

@@ -175,7 +175,7 @@ pub async fn erasure_migrate(settings: &Settings) -> anyhow::Result<()> {
 /// `accounts seed --users N --days D`.
 pub async fn seed(settings: &Settings, users: usize, days: i64) -> anyhow::Result<()> {
     let pool = prepare_database(settings).await?;
-    let hasher = PasswordHasher::new(1, 1, Duration::from_secs(60))?;
+    let hasher = PasswordHasher::new(1, 1, Duration::from_secs(60), 0)?;
     let hash = hasher
         .hash(&SecretPassword::from(seed::SEED_PASSWORD))
         .await

@@ -704,7 +704,7 @@ async fn the_funnel_shows_duplicates_refused_links_inactive_logins_and_active_us
 async fn a_generated_account_logs_in_with_the_generators_password() {
     let app = TestApp::spawn().await;
     let hasher =
-        accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60)).unwrap();
+        accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60), 0).unwrap();
     let hash = hasher
         .hash(&accounts::auth::SecretPassword::from(
             accounts::ops::seed::SEED_PASSWORD,

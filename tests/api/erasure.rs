@@ -583,7 +583,7 @@ async fn a_second_factor_guards_deletion_too() {
 #[tokio::test]
 async fn events_written_in_clear_are_sealed_by_the_migration_and_still_serve_their_owners() {
     let app = TestApp::spawn().await;
-    let hash = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60))
+    let hash = accounts::auth::PasswordHasher::new(1, 1, std::time::Duration::from_secs(60), 0)
         .unwrap()
         .hash(&accounts::auth::SecretPassword::from(
             accounts::ops::seed::SEED_PASSWORD,
