@@ -54,22 +54,26 @@ end $$;
 
 -- A right password resets its source's row instead of deleting it: the next attempt updates the
 -- row in place (a heap-only update) rather than inserting a row and an index entry, and no dead
--- row is left for every login. Rows are pruned 24 hours after their last attempt as before.
+-- row is left for every login. Rows are pruned 24 hours after their last attempt as before. The
+-- familiar source's row is read once, and written only when it is new or a day old: the upsert
+-- locked (and so wrote) the row on every login even when it changed nothing.
 create or replace function login_succeeded(p_account text, p_source text, familiar_days float8) returns void
 language plpgsql as $$
 declare
-    familiar boolean := login_familiar(p_account, p_source, familiar_days);
+    last timestamptz;
 begin
+    select last_success into last from login_familiar_source
+     where account = p_account and source = p_source;
     -- Rows are always locked in one order, the source's then the shared one ('*'), as
     -- login_admit does: two of these at once cannot deadlock.
     update login_guard set failures = 0, blocked_until = null, updated_at = now()
      where account = p_account and source = p_source;
-    if not familiar then
+    if last is null or last <= now() - make_interval(days => familiar_days::integer) then
         update login_guard set failures = greatest(failures - 1, 0)
          where account = p_account and source = '*';
     end if;
-    -- Refreshed at most daily: most logins write nothing here.
-    insert into login_familiar_source (account, source) values (p_account, p_source)
-        on conflict (account, source) do update set last_success = now()
-        where login_familiar_source.last_success < now() - interval '1 day';
+    if last is null or last < now() - interval '1 day' then
+        insert into login_familiar_source (account, source) values (p_account, p_source)
+            on conflict (account, source) do update set last_success = now();
+    end if;
 end $$;
