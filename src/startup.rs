@@ -66,7 +66,7 @@ pub struct Application {
 /// Connects to Postgres, creating the database and running migrations first.
 pub async fn prepare_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     db::ensure_database(&settings.database_url).await?;
-    let pool = db::connect(&settings.database_url, settings.database_max_connections).await?;
+    let pool = db::connect(&settings.database_url, settings.db_connections()).await?;
     db::migrate(&pool).await?;
     Ok(pool)
 }

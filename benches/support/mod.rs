@@ -40,7 +40,7 @@ pub fn bench_settings(tag: &str) -> anyhow::Result<Settings> {
     settings.ip_rate_burst = 1_000_000;
     settings.login_failure_limit = 1_000_000;
     settings.login_shared_failure_limit = 1_000_000;
-    settings.database_max_connections = 40;
+    settings.database_max_connections = Some(40);
     Ok(settings)
 }
 

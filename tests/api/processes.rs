@@ -483,7 +483,7 @@ async fn with_postgres_restarted_the_api_answers_503_then_recovers_and_loses_no_
     let url = pg.url();
     let app = TestApp::spawn_with(|s| {
         s.database_url = url;
-        s.database_max_connections = 10;
+        s.database_max_connections = Some(10);
     })
     .await;
     let (access, _) = app.active_user("pgr", "pgr@example.com").await;
