@@ -208,6 +208,8 @@ pub async fn run_group_batch(
         .bind(&names)
         .execute(&mut *conn)
         .await?;
+        // Given back before the retry takes one: a small pool is not held twice.
+        drop(conn);
         return Box::pin(run_group_batch(pool, group, Look::Skip, size)).await;
     }
     let position = |txid: &str, pos: i64| (txid.parse::<u64>().unwrap_or(0), pos);
