@@ -390,20 +390,12 @@ impl Settings {
     /// 2.1-2.5 ms and profile reads from ~5,000 to ~6,000/s in three alternating pairs of load
     /// runs; 8 (the default there) measured between the two on a noisier hour.
     pub fn db_connections(&self) -> u32 {
-        self.database_max_connections.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2) as u32;
-            (2 * cores + 4).clamp(8, 20)
-        })
+        self.database_max_connections
+            .unwrap_or_else(|| (2 * cores() as u32 + 4).clamp(8, 20))
     }
 
     pub fn hash_concurrency(&self) -> usize {
-        self.password_hash_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
+        self.password_hash_concurrency.unwrap_or_else(cores)
     }
 
     /// The settings a fresh process would get from its environment (tests start from these).
@@ -416,4 +408,11 @@ impl Settings {
         }
         Only::try_parse_from(["accounts"]).map(|only| only.settings)
     }
+}
+
+/// The cores this process may use (2 when the system does not say).
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }

@@ -215,7 +215,7 @@ fn verify_with(password: &str, hash: &str, memory: &mut Memory) -> anyhow::Resul
 /// with other busy processes they yield to those too (set 0 there). A failure is logged.
 fn lower_priority(nice: i32) {
     // Only ever lowered: a process started at a higher nice value keeps it.
-    let target = nice.min(19).max(thread_nice());
+    let target = nice.min(19);
     if target <= thread_nice() {
         return;
     }
