@@ -26,6 +26,9 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a pooled connection may sit idle before it is checked again when handed out.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// A pool whose requests wait at most 3 s for a connection (then the API answers 503). The
 /// first connection is retried for up to 30 s, so the service may start before Postgres.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -40,6 +43,20 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         let attempt = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
+            // sqlx's default checks every connection it hands out with a round trip (`Sync`,
+            // then `ReadyForQuery`) besides the one it makes when the connection comes back:
+            // two round trips more per query for a request that runs one. A connection that
+            // came back lately was checked then; only one idle for longer (Postgres may have
+            // restarted meanwhile) is checked before it is handed out, and replaced if dead.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < CHECK_AFTER_IDLE {
+                        return Ok(true);
+                    }
+                    Ok(sqlx::Connection::ping(conn).await.is_ok())
+                })
+            })
             .connect_with(options.clone())
             .await;
         match attempt {

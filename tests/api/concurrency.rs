@@ -400,7 +400,10 @@ async fn writes_during_a_long_rebuild_swap_are_answered_and_shown_after_it() {
         .fetch_one(&mut *held)
         .await
         .unwrap();
-        assert!(waiting <= 1, "round {round}: {waiting} backends wait on the swap");
+        assert!(
+            waiting <= 1,
+            "round {round}: {waiting} backends wait on the swap"
+        );
         assert!(
             backends <= i64::from(app.settings.db_connections()),
             "round {round}: {backends} backends for a pool of {}",

@@ -408,3 +408,33 @@ async fn a_database_name_too_long_for_its_analyst_roles_is_refused_before_migrat
     assert!(!migrated, "no analyst role was made");
     remove_resources(settings).await;
 }
+
+/// The pool does not check a connection with a round trip each time it hands it out (it is
+/// checked when given back), but one that sat idle for a while is checked first: a connection
+/// that Postgres ended meanwhile (a restart, `idle_session_timeout`, a proxy) is replaced, and
+/// the query that asked for it runs on a new one instead of failing.
+#[tokio::test]
+async fn a_pooled_connection_postgres_ended_while_it_sat_idle_is_replaced_before_use() {
+    let pool = accounts::store::db::connect(&database_url("postgres"), 1)
+        .await
+        .unwrap();
+    let first: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let admin = accounts::store::db::connect(&database_url("postgres"), 1)
+        .await
+        .unwrap();
+    let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1, 5000)")
+        .bind(first)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    let second: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("the dead connection was replaced");
+    assert_ne!(second, first);
+}

@@ -346,7 +346,14 @@ impl TestApp {
 
     /// Registers, activates through the mailed link, and logs in: `(access, refresh)`.
     pub async fn active_user(&self, username: &str, email: &str) -> (String, String) {
-        assert_eq!(self.register(username, email, PASSWORD).await.status(), 201);
+        let registered = self.register(username, email, PASSWORD).await;
+        let status = registered.status();
+        assert_eq!(
+            status,
+            201,
+            "{}",
+            registered.text().await.unwrap_or_default()
+        );
         let mail = self.smtp.wait_for(email, "Activate your account").await;
         assert_eq!(self.activate_link(&mail.link()).await.status(), 200);
         let body = json_of(self.login(email, PASSWORD).await, StatusCode::OK).await;
