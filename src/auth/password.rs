@@ -319,11 +319,15 @@ impl PasswordHasher {
         let gone = Arc::new(AtomicBool::new(false));
         let span = tracing::Span::current();
         let job: Job = Box::new(move |memory| {
-            let _in_flight = in_flight;
+            // The place is given back before the answer is sent, never after: the caller may
+            // run its next job at once (a registration's strength estimate, then its hash), and
+            // woken, it can preempt this thread between the two.
+            let in_flight = in_flight;
             if done.is_closed() {
                 return;
             }
             let Some(memory) = memory else {
+                drop(in_flight);
                 metrics::counter!("password_hash_shed_total").increment(1);
                 let _ = done.send(Err(HashError::Busy));
                 return;
@@ -335,6 +339,7 @@ impl PasswordHasher {
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("password_hash_cpu_seconds", "op" => op)
                 .record(thread_cpu_seconds() - cpu_started);
+            drop(in_flight);
             let _ = done.send(outcome.map_err(HashError::Failed));
         });
         {
@@ -397,6 +402,23 @@ impl PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot gives its place back before it answers: a caller that runs its next job at once
+    /// (a registration's strength estimate, then its hash) is never shed by its own previous
+    /// job, even with no queue at all and the slot's thread at the lowest priority (woken, the
+    /// caller preempts it right after the answer).
+    #[tokio::test(flavor = "current_thread")]
+    async fn back_to_back_jobs_of_one_caller_are_never_shed_by_each_other() -> anyhow::Result<()> {
+        let hasher = PasswordHasher::new(1, 0, Duration::from_secs(5), 19)?;
+        for round in 0..3000 {
+            let outcome = hasher.run_bounded("test", || ()).await;
+            assert!(
+                outcome.is_ok(),
+                "round {round}: shed by its own previous job"
+            );
+        }
+        Ok(())
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn bounded_work_leaves_the_async_runtime_free() -> anyhow::Result<()> {
