@@ -319,28 +319,30 @@ impl PasswordHasher {
         let gone = Arc::new(AtomicBool::new(false));
         let span = tracing::Span::current();
         let job: Job = Box::new(move |memory| {
-            // The place is given back before the answer is sent, never after: the caller may
-            // run its next job at once (a registration's strength estimate, then its hash), and
-            // woken, it can preempt this thread between the two.
-            let in_flight = in_flight;
             if done.is_closed() {
                 return;
             }
-            let Some(memory) = memory else {
-                drop(in_flight);
-                metrics::counter!("password_hash_shed_total").increment(1);
-                let _ = done.send(Err(HashError::Busy));
-                return;
+            let outcome = match memory {
+                None => {
+                    metrics::counter!("password_hash_shed_total").increment(1);
+                    Err(HashError::Busy)
+                }
+                Some(memory) => {
+                    let started = Instant::now();
+                    let cpu_started = thread_cpu_seconds();
+                    let outcome = span.in_scope(|| work(memory));
+                    metrics::histogram!("password_hash_seconds", "op" => op)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("password_hash_cpu_seconds", "op" => op)
+                        .record(thread_cpu_seconds() - cpu_started);
+                    outcome.map_err(HashError::Failed)
+                }
             };
-            let started = Instant::now();
-            let cpu_started = thread_cpu_seconds();
-            let outcome = span.in_scope(|| work(memory));
-            metrics::histogram!("password_hash_seconds", "op" => op)
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("password_hash_cpu_seconds", "op" => op)
-                .record(thread_cpu_seconds() - cpu_started);
+            // The place is given back before the answer is sent, never after: the caller may
+            // run its next job at once (a registration's strength estimate, then its hash), and
+            // woken, it can preempt this thread between the two.
             drop(in_flight);
-            let _ = done.send(outcome.map_err(HashError::Failed));
+            let _ = done.send(outcome);
         });
         {
             let mut state = self
