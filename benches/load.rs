@@ -82,7 +82,7 @@ where
 }
 
 /// argon2id verifications per second on all cores, without HTTP: the login baseline.
-fn argon2_baseline(secs: u64) -> (f64, f64) {
+fn argon2_baseline_ms(millis: u64) -> (f64, f64) {
     use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
     use argon2::{Algorithm, Argon2, Params, PasswordVerifier, Version};
     let argon = || {
@@ -101,7 +101,7 @@ fn argon2_baseline(secs: u64) -> (f64, f64) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + Duration::from_millis(millis);
     let started = Instant::now();
     let per_thread: Vec<(usize, f64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
@@ -285,7 +285,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // Logins: argon2 baseline, saturation, then latency at 80 % of the saturated rate.
-    let (argon_rate, one_verify_ms) = argon2_baseline(secs);
+    // The baseline is measured in two halves, just before the saturation phase and just after
+    // it, and their mean is the one the logins are compared with: the shared host's speed drifts
+    // over tens of seconds, and a baseline taken at one end of the phase alone moved the ratio
+    // by up to 0.08 from one run to the next.
+    let baseline_before = argon2_baseline_ms(secs * 1000 / 2);
     let login = |c: usize, _i: usize| {
         let client = client.clone();
         let url = format!("{address}/accounts/api/login/");
@@ -345,6 +349,9 @@ async fn main() -> anyhow::Result<()> {
         / logins
         - (verify_after.1 - verify_before.1) * 1000.0 / logins;
     cpu_rows.push(cpu.row_since("login (saturation)", pid, login_lat.len()));
+    let baseline_after = argon2_baseline_ms(secs * 1000 / 2);
+    let argon_rate = (baseline_before.0 + baseline_after.0) / 2.0;
+    let one_verify_ms = (baseline_before.1 + baseline_after.1) / 2.0;
     let loaded_rss = *rss_probe.lock().unwrap_or_else(|e| e.into_inner());
     let paced_rate = login_rate * 0.8;
     let interval = Duration::from_secs_f64(1.0 / paced_rate.max(1.0));
@@ -704,7 +711,7 @@ async fn main() -> anyhow::Result<()> {
     let p = percentile;
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
     let rows = [
-        format!("| password logins/s at saturation (16 clients) | {login_rate:.1}/s | argon2id verifications/s on all cores, no HTTP: {argon_rate:.1}/s | {:.2} | ≥ 0.85: {} |", login_rate / argon_rate, verdict(login_rate / argon_rate >= 0.85)),
+        format!("| password logins/s at saturation (16 clients) | {login_rate:.1}/s | argon2id verifications/s on all cores, no HTTP (before and after the phase: {:.1}, {:.1}): {argon_rate:.1}/s | {:.2} | ≥ 0.85: {} |", baseline_before.0, baseline_after.0, login_rate / argon_rate, verdict(login_rate / argon_rate >= 0.85)),
         format!("| CPU per login outside argon2id (service less its argon2id CPU, Postgres, nats-server) | {around_hash_ms:.2} ms | – | – | ≤ 3 ms: {} |", verdict(around_hash_ms <= 3.0)),
         format!("| the same against the CPU of one argon2id verification inside the service (both scale with the host: issue #12's 3 ms was set beside ~14 ms of argon2id, 0.214) | {around_hash_ms:.2} ms | one verification: {verify_cpu_in_service_ms:.1} ms of CPU | {:.3} | ≤ 0.214: {} |", around_hash_ms / verify_cpu_in_service_ms, verdict(around_hash_ms / verify_cpu_in_service_ms <= 3.0 / 14.0)),
         format!("| database transactions per login at saturation (every role) | {xacts_per_login:.1} | – | – | ≤ 4: {} |", verdict(xacts_per_login <= 4.0)),
