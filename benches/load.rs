@@ -289,7 +289,16 @@ async fn main() -> anyhow::Result<()> {
     // it, and their mean is the one the logins are compared with: the shared host's speed drifts
     // over tens of seconds, and a baseline taken at one end of the phase alone moved the ratio
     // by up to 0.08 from one run to the next.
+    // Database transactions per login (pg_stat_database, every role) are counted between two
+    // moments more than ten seconds after the previous phase and after the login phase: a
+    // backend that goes idle within a second of reporting its counts holds the rest for ten, so
+    // counts taken 1.5 s around the phase missed the phase's last transactions and took in the
+    // previous phase's (2.5 to 3.1 per login with nothing changed but where the baseline ran). The
+    // baseline's halves keep the service idle for part of those waits.
+    let xacts_q = "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()";
+    tokio::time::sleep(Duration::from_millis(8_000)).await;
     let baseline_before = argon2_baseline_ms(secs * 1000 / 2);
+    let xacts_before: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
     let login = |c: usize, _i: usize| {
         let client = client.clone();
         let url = format!("{address}/accounts/api/login/");
@@ -309,11 +318,7 @@ async fn main() -> anyhow::Result<()> {
     let mut cpu_rows: Vec<String> = Vec::new();
     let rss_probe = Arc::new(std::sync::Mutex::new(0f64));
     let cpu = CpuTimes::now(pid);
-    // Database transactions (pg_stat_database; backends flush their counts within a second of
-    // going idle) and the service's own argon2id time per verification, around the login phase.
-    let xacts_q = "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()";
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let xacts_before: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
+    // The service's own argon2id time per verification, around the login phase.
     let verify_before = verify_seconds(&client, &management).await;
     let busy_share;
     let (login_rate, login_lat) = {
@@ -333,9 +338,8 @@ async fn main() -> anyhow::Result<()> {
         result
     };
     let verify_after = verify_seconds(&client, &management).await;
+    // The relay and the projectors finish the phase's events.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let xacts_after: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
-    let xacts_per_login = (xacts_after - xacts_before) as f64 / login_lat.len().max(1) as f64;
     let verifications = (verify_after.2 - verify_before.2).max(1.0);
     let verify_in_service_ms = (verify_after.0 - verify_before.0) * 1000.0 / verifications;
     let verify_cpu_in_service_ms = (verify_after.1 - verify_before.1) * 1000.0 / verifications;
@@ -350,6 +354,9 @@ async fn main() -> anyhow::Result<()> {
         - (verify_after.1 - verify_before.1) * 1000.0 / logins;
     cpu_rows.push(cpu.row_since("login (saturation)", pid, login_lat.len()));
     let baseline_after = argon2_baseline_ms(secs * 1000 / 2);
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    let xacts_after: i64 = sqlx::query_scalar(xacts_q).fetch_one(&pool).await?;
+    let xacts_per_login = (xacts_after - xacts_before) as f64 / login_lat.len().max(1) as f64;
     let argon_rate = (baseline_before.0 + baseline_after.0) / 2.0;
     let one_verify_ms = (baseline_before.1 + baseline_after.1) / 2.0;
     let loaded_rss = *rss_probe.lock().unwrap_or_else(|e| e.into_inner());
@@ -736,7 +743,7 @@ async fn main() -> anyhow::Result<()> {
          Where the CPU went, in CPU milliseconds per operation (from /proc, same run):\n\n\
          | phase | service | Postgres | nats-server | load generator | all |\n|---|---|---|---|---|---|\n{cpu_rows}\n\n\
          At login saturation: {xacts_per_login:.1} database transactions per login (pg_stat_database, \
-         every role of the service included); one argon2id verification inside the service takes \
+         every role of the service included, counted after ten seconds' quiet on either side); one argon2id verification inside the service takes \
          {verify_in_service_ms:.1} ms of wall time of which {verify_cpu_in_service_ms:.1} ms on a core \
          (`password_hash_seconds`, `password_hash_cpu_seconds`), against {one_verify_ms:.1} ms alone; \
          the machine's cores were {busy:.1} % busy during the phase (/proc/stat).",
