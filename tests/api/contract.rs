@@ -392,6 +392,9 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_service
     let report = schemathesis(&venv, &schema, second, &only).await;
     assert!(report.contains("Tested: 2"), "{report}");
     assert!(!report.contains("Authentication failed"), "{report}");
+    // It found the session's id and ended it: the operation's success was checked too.
+    let ended = app.get_authed("/accounts/api/dashboard/", second).await;
+    assert_eq!(ended.status(), StatusCode::UNAUTHORIZED, "{report}");
 }
 
 /// One Schemathesis run with the contract test's configuration and `--seed 1`, as `token`,
