@@ -235,7 +235,8 @@ async fn secondary_indexes(pool: &PgPool, table: &str, copy: &str) -> anyhow::Re
 /// Replays the events committed so far into the copy: a reader task reads batch after batch
 /// (two ahead at most), an opener task opens their sealed values, and this one applies each
 /// under the copy's checkpoint lock, moving the checkpoint in the same transaction. With `bulk`,
-/// the copy has no index yet and is filled with [`Projector::load_batch`]. Returns how many events it applied.
+/// the copy has no index yet and is filled with [`Projector::load_batch`]. Returns how many
+/// events it applied.
 async fn fill(
     pool: &PgPool,
     copy: &dyn Projector,
