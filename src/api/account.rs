@@ -308,10 +308,11 @@ async fn verify_login(
 }
 
 /// Records a failed login for the owner's history, in a stream of its own and off the response
-/// path, so that a known address answers as fast as an unknown one.
+/// path, so that a known address answers as fast as an unknown one. A graceful shutdown waits
+/// for it (`background`), so a failed login answered is a failed login recorded.
 fn record_session_event(state: &AppState, command: SessionCommand, meta: RequestMeta) {
     let sessions = state.sessions.clone();
-    tokio::spawn(async move {
+    state.background.spawn(async move {
         let id = Uuid::new_v4().to_string();
         if let Err(error) = sessions.execute(&id, command, &meta).await {
             tracing::warn!(%error, "cannot record a failed login");

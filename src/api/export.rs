@@ -80,8 +80,9 @@ pub(crate) async fn export(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> ApiResult<Json<DataExport>> {
-    // Everything held, up to this request: every read model caught up first, so that what the
-    // person did just before (a failed login recorded after its answer, say) is in it.
+    // Everything stored up to this request: every read model caught up first, so that what the
+    // person did just before is in it. (A failed login is stored just after its 401, off the
+    // response path; an export sent within those milliseconds may not show it yet.)
     state.catch_up_all().await?;
     let ttl = state.settings.refresh_token_ttl;
     build(&state.pool, ttl, user.user_id, Some(user.session_id))

@@ -31,6 +31,9 @@ async fn dana(app: &TestApp) -> (String, String) {
     )
     .await;
     app.login(email, "not dana's password").await;
+    // The failed login is stored just after its 401 (off the response path, so a known address
+    // answers as fast as an unknown one); the exports below are of what is stored.
+    eventually(|| async { app.count_events("LoginFailed").await == 1 }).await;
     (access, refresh)
 }
 
