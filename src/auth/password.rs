@@ -573,25 +573,24 @@ mod tests {
             .verify_password(b"another password", &parsed)
             .is_err());
 
-        let weaker = Params::new(8_192, 3, 1, Some(24)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let salt = SaltString::generate(&mut OsRng);
-        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, weaker)
-            .hash_password(b"an older password", &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string();
-        assert!(verify_with("an older password", &theirs, &mut memory)?);
-        assert!(!verify_with("an older passworD", &theirs, &mut memory)?);
+        // A hash made elsewhere with other parameters (memory in KiB, passes, output length).
+        let theirs = |m: u32, t: u32, len: Option<usize>, password: &[u8]| {
+            let params = Params::new(m, t, 1, len).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(password, &SaltString::generate(&mut OsRng))
+                .map(|hash| hash.to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let older = theirs(8_192, 3, Some(24), b"an older password")?;
+        assert!(verify_with("an older password", &older, &mut memory)?);
+        assert!(!verify_with("an older passworD", &older, &mut memory)?);
         // The same memory served both parameter sets; it holds the larger one, in whole huge
         // pages.
         assert_eq!(memory.len(), 20 * 1024);
         // A hash made with more memory than ours grows it, and still verifies.
-        let stronger = Params::new(25_600, 2, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, stronger)
-            .hash_password(b"a newer password", &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string();
-        assert!(verify_with("a newer password", &theirs, &mut memory)?);
-        assert!(!verify_with("a newer passwort", &theirs, &mut memory)?);
+        let newer = theirs(25_600, 2, None, b"a newer password")?;
+        assert!(verify_with("a newer password", &newer, &mut memory)?);
+        assert!(!verify_with("a newer passwort", &newer, &mut memory)?);
         assert_eq!(memory.len(), 26 * 1024);
         assert!(verify_with("a long enough password", &ours, &mut memory)?);
         assert!(verify_with("x", "not a hash", &mut memory).is_err());
