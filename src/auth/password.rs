@@ -35,8 +35,8 @@ pub enum HashError {
 /// It is aligned to 2 MiB and asks the kernel for transparent huge pages (`MADV_HUGEPAGE`, which
 /// the usual `madvise` setting of `/sys/kernel/mm/transparent_hugepage/enabled` honours): argon2
 /// reads its blocks in an order derived from the data, so with 4 KiB pages most reads miss the
-/// TLB, which 10 huge pages cover. One verification then takes about a tenth less CPU (issue #12,
-/// docs/BENCHMARKS.md). Where the kernel gives none, the memory works as before.
+/// TLB, which 10 huge pages cover. One verification then takes about 4 % less CPU in the service
+/// (issue #12, docs/BENCHMARKS.md). Where the kernel gives none, the memory works as before.
 struct Memory {
     blocks: NonNull<Block>,
     len: usize,
