@@ -717,9 +717,11 @@ async fn main() -> anyhow::Result<()> {
 
     let p = percentile;
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    // The baseline had its verifications cost what the service's do.
+    let as_cheap_rate = argon_rate * one_verify_ms / verify_cpu_in_service_ms;
     let rows = [
         format!("| password logins/s at saturation (16 clients) | {login_rate:.1}/s | argon2id verifications/s on all cores, no HTTP (before and after the phase: {:.1}, {:.1}): {argon_rate:.1}/s | {:.2} | ≥ 0.85: {} |", baseline_before.0, baseline_after.0, login_rate / argon_rate, verdict(login_rate / argon_rate >= 0.85)),
-        format!("| the same against a baseline whose verifications cost what the service's do (its {verify_cpu_in_service_ms:.1} ms of CPU for the baseline's {one_verify_ms:.1} ms: pooled memory on huge pages against a fresh allocation each time; what is left is what the work around the hash costs) | {login_rate:.1}/s | {:.1}/s | {:.2} | – |", argon_rate * one_verify_ms / verify_cpu_in_service_ms, login_rate / (argon_rate * one_verify_ms / verify_cpu_in_service_ms)),
+        format!("| the same against a baseline whose verifications cost what the service's do (its {verify_cpu_in_service_ms:.1} ms of CPU for the baseline's {one_verify_ms:.1} ms: pooled memory on huge pages against a fresh allocation each time; what is left is what the work around the hash costs) | {login_rate:.1}/s | {as_cheap_rate:.1}/s | {:.2} | – |", login_rate / as_cheap_rate),
         format!("| CPU per login outside argon2id (service less its argon2id CPU, Postgres, nats-server) | {around_hash_ms:.2} ms | – | – | ≤ 3 ms: {} |", verdict(around_hash_ms <= 3.0)),
         format!("| the same against the CPU of one argon2id verification inside the service (both scale with the host: issue #12's 3 ms was set beside ~14 ms of argon2id, 0.214) | {around_hash_ms:.2} ms | one verification: {verify_cpu_in_service_ms:.1} ms of CPU | {:.3} | ≤ 0.214: {} |", around_hash_ms / verify_cpu_in_service_ms, verdict(around_hash_ms / verify_cpu_in_service_ms <= 3.0 / 14.0)),
         format!("| database transactions per login at saturation (every role) | {xacts_per_login:.1} | – | – | ≤ 4: {} |", verdict(xacts_per_login <= 4.0)),
