@@ -192,10 +192,12 @@ pub async fn run_group_batch(
         }
     }
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-    let locked: Vec<(String, String, i64)> = sqlx::query_as(
-        "select name, transaction_id::text, position from reader_checkpoint
-          where name = any($1) order by name for update",
-    )
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(concat!(
+        "with ",
+        reader::batch_settings!(),
+        " select name, transaction_id::text, position from reader_checkpoint, batch_settings
+           where name = any($1) order by name for update of reader_checkpoint"
+    ))
     .bind(&names)
     .fetch_all(&mut *tx)
     .await?;

@@ -643,3 +643,139 @@ async fn the_python_example_replays_every_event_type_and_each_matches_its_schema
 }
 
 const WORKER_TOKEN: &str = "a-worker-token-for-the-example-consumers-test";
+
+/// The readers' batches commit without waiting for the disk (`reader::batch_settings`): a crash
+/// of Postgres can lose the relay's last checkpoint moves after their messages went out. What
+/// that leaves is played here (the checkpoint back at the start, the stream as it was), and the
+/// relay publishes everything again: the stream still holds each event once, and nobody is
+/// mailed twice.
+#[tokio::test]
+async fn a_relay_checkpoint_lost_after_publishing_publishes_nothing_twice() {
+    let app = TestApp::spawn().await;
+    for name in ["ida", "jon"] {
+        app.active_user(name, &format!("{name}@example.com")).await;
+    }
+    app.wait_for_mailer_idle().await;
+    let published = app.stream_messages().await.len();
+    let mails = app.smtp.all().len();
+    assert_eq!(published as i64, app.event_count().await);
+    assert_eq!(mails, 2, "one activation mail each");
+
+    sqlx::query(
+        "update reader_checkpoint set transaction_id = '0', position = 0 where name = 'relay'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("select pg_notify('events_appended', '')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually(|| async {
+        projections::rebuild::status(&app.pool)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.name == "relay" && r.behind == 0)
+    })
+    .await;
+    app.wait_for_mailer_idle().await;
+    assert_eq!(app.stream_messages().await.len(), published);
+    assert_eq!(app.smtp.all().len(), mails);
+    app.stop().await;
+}
+
+/// A reader's batch, spied on from inside: what its transaction's commit waits for.
+struct CommitSpy {
+    target: projections::runner::Target,
+    vault: projections::pii::Vault,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl projections::Projector for CommitSpy {
+    fn target(&self) -> &projections::runner::Target {
+        &self.target
+    }
+
+    fn vault(&self) -> &projections::pii::Vault {
+        &self.vault
+    }
+
+    fn opens(&self) -> projections::reader::Opens {
+        projections::reader::Opens::Nothing
+    }
+
+    fn retarget(
+        &self,
+        target: projections::runner::Target,
+    ) -> std::sync::Arc<dyn projections::Projector> {
+        std::sync::Arc::new(CommitSpy {
+            target,
+            vault: self.vault.clone(),
+            seen: self.seen.clone(),
+        })
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        _events: &[projections::StoredEvent],
+    ) -> anyhow::Result<()> {
+        let setting = sqlx::query_scalar("select current_setting('synchronous_commit')")
+            .fetch_one(conn)
+            .await?;
+        self.seen.lock().unwrap().push(setting);
+        Ok(())
+    }
+}
+
+/// A reader's batch does not wait for the disk, through each way a batch begins (a request's
+/// catch-up looks first; a woken reader does not; the projectors' group), and that stays inside
+/// the batch: the next statement on the same pooled connection, an append's say, waits again.
+#[tokio::test]
+async fn a_batch_commits_without_waiting_for_the_disk_and_the_next_statement_waits_again() {
+    use projections::runner::{run_batch, run_batch_of, run_group_batch, Look, Target};
+    let app = TestApp::spawn().await;
+    app.register("kim", "kim@example.com", PASSWORD).await;
+    // One connection: every statement below runs on the one the batches used.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spy = |name: &str| -> std::sync::Arc<dyn projections::Projector> {
+        std::sync::Arc::new(CommitSpy {
+            target: Target::new(name, "unused"),
+            vault: app.vault(),
+            seen: seen.clone(),
+        })
+    };
+    let synchronous_commit = || async {
+        sqlx::query_scalar::<_, String>("show synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(synchronous_commit().await, "on");
+    assert!(run_batch(&pool, spy("spy_looks").as_ref()).await.unwrap() > 0);
+    assert_eq!(synchronous_commit().await, "on");
+    let woken = spy("spy_woken");
+    assert!(
+        run_batch_of(&pool, woken.as_ref(), Look::Skip, 500)
+            .await
+            .unwrap()
+            > 0
+    );
+    assert_eq!(synchronous_commit().await, "on");
+    assert!(
+        run_group_batch(&pool, &[spy("spy_a"), spy("spy_b")], Look::Skip, 500)
+            .await
+            .unwrap()
+            > 0
+    );
+    assert_eq!(synchronous_commit().await, "on");
+    assert_eq!(*seen.lock().unwrap(), ["off", "off", "off", "off"]);
+    app.stop().await;
+}
