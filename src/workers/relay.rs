@@ -1,7 +1,9 @@
 //! The relay: publishes every event, in commit order, to JetStream as an integration event, with
 //! `Nats-Msg-Id = <aggregate_type>:<aggregate_id>:<sequence>` so the stream drops repeats. The
 //! checkpoint moves only after the acks, inside the transaction that holds the checkpoint row
-//! lock, so exactly one relay publishes at a time and a crash republishes at most one batch.
+//! lock, so exactly one relay publishes at a time and a crash of the relay republishes at most one
+//! batch (a crash of Postgres: the batches whose checkpoint moves had not reached its disk, see
+//! `reader::batch_settings`); the stream drops what it already holds.
 
 use crate::config::Settings;
 use anyhow::Context;
