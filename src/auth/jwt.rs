@@ -212,7 +212,7 @@ impl Keys {
             .context("no signing key is active yet")?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        sign(&header, &claims, &key.signing)
+        sign(&header, &claims, &key.signing).context("cannot sign a token")
     }
 
     /// The claims of a valid access token; `None` for anything else.
